@@ -1,0 +1,211 @@
+"""The UCE closed form, computed once per input width for every layer.
+
+For one weight W0 (d_out x d), edit rows C (columns c_i), targets V* and
+preserve rows P, the method minimises
+
+    s_e sum_E ||W c_i - v*_i||^2 + s_p sum_P ||W c_j - W0 c_j||^2 + lamb ||W - W0||_F^2
+
+whose solution is W = W0 + ΔW with
+
+    ΔW = s_e (V* - W0 C) C^T M^-1,    M = lamb I + s_e C C^T + s_p P P^T.
+
+M does not depend on W0, so it is accumulated (float64) and factorised
+(Cholesky) once; ``down = s_e C^T M^-1`` is shared by every layer and each
+layer only needs ``up = V* - W0 C``. For erasing by replacement V* = W0 G, so
+ΔW = W0 A with one d x d matrix A = (G - C)^T down for all layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Optional, Union
+
+import torch
+
+from .deltas import Delta, DenseDelta, LowRankDelta, prefers_low_rank
+from .edits import EditRows, GuideTargets
+
+PreserveRows = Union[torch.Tensor, Iterable[torch.Tensor], None]
+Progress = Callable[[int, int], None]
+
+GRAM_CHUNK_ROWS = 8192
+# Upper bound on the elements of one stacked-weight product, to keep memory flat.
+GROUP_ELEMENTS = 1 << 25
+
+
+class NonFiniteEditError(ValueError):
+    """The solve produced NaN or infinite values."""
+
+
+@dataclass(frozen=True)
+class Scales:
+    """Objective weights: s_e (erase), s_p (preserve) and lamb (stay near W0)."""
+
+    erase: float = 1.0
+    preserve: float = 1.0
+    lamb: float = 0.5
+
+    def check(self) -> None:
+        if not self.lamb > 0:
+            raise ValueError(f"lamb must be > 0 (it keeps M invertible), got {self.lamb}")
+        if self.erase < 0 or self.preserve < 0:
+            raise ValueError(f"erase and preserve scales must be >= 0, got {self.erase} and {self.preserve}")
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The per-layer updates and what went into them."""
+
+    deltas: dict[str, Delta]
+    edit_rows: int
+    preserve_rows: int
+    preserve_gram: Optional[torch.Tensor]  # float64 [d, d], sum of p p^T (unscaled), None without preserve rows
+
+
+class GramAccumulator:
+    """Streams rows into sum r r^T in float64 so memory does not grow with the row count."""
+
+    def __init__(self, width: int, device):
+        self.gram = torch.zeros(width, width, dtype=torch.float64, device=device)
+        self.rows = 0
+
+    def add(self, rows: torch.Tensor) -> None:
+        if rows.ndim != 2 or rows.shape[1] != self.gram.shape[0]:
+            raise ValueError(f"rows of width {self.gram.shape[0]} expected, got shape {tuple(rows.shape)}")
+        for start in range(0, rows.shape[0], GRAM_CHUNK_ROWS):
+            chunk = rows[start : start + GRAM_CHUNK_ROWS].to(self.gram.device, torch.float64)
+            if not torch.isfinite(chunk).all():
+                raise NonFiniteEditError("preserve rows contain NaN or infinite values")
+            self.gram.addmm_(chunk.T, chunk)
+            self.rows += chunk.shape[0]
+
+
+def preserve_gram(preserve: PreserveRows, width: int, device) -> GramAccumulator:
+    """Sum of p p^T over all preserve rows (a tensor or an iterable of row chunks)."""
+    acc = GramAccumulator(width, device)
+    if preserve is None:
+        return acc
+    for chunk in [preserve] if isinstance(preserve, torch.Tensor) else preserve:
+        acc.add(chunk)
+    return acc
+
+
+def solve(
+    weights: Mapping[str, torch.Tensor],
+    edit: EditRows,
+    preserve: PreserveRows = None,
+    scales: Scales = Scales(),
+    progress: Optional[Progress] = None,
+) -> Solution:
+    """Closed-form UCE update for every weight in ``weights`` (key -> W0, [d_out, d]).
+
+    Runs on the device of ``edit.inputs``; weights are moved there one layer
+    group at a time. Deltas come back in float64 if the edit rows are float64,
+    else float32, low-rank or dense per layer, whichever is smaller.
+    ``progress(done, total)`` is called after each layer group (it may raise to
+    interrupt).
+    """
+    scales.check()
+    _check_weights(weights, edit.width)
+    if not torch.isfinite(edit.inputs).all():
+        raise NonFiniteEditError("edit rows contain NaN or infinite values")
+    device = edit.inputs.device
+    dtype = torch.float64 if edit.inputs.dtype == torch.float64 else torch.float32
+
+    preserved = preserve_gram(preserve, edit.width, device)
+    down, direction_map = _shared_factors(edit, preserved.gram, scales, need_map=_any_dense(weights, edit))
+    down_c = down.to(dtype)
+    map_c = None if direction_map is None else direction_map.to(dtype)
+
+    deltas: dict[str, Delta] = {}
+    keys = list(weights)
+    for group in _layer_groups(keys, weights, edit.count):
+        stacked = torch.cat([weights[k].to(device, dtype) for k in group])
+        bounds = _bounds([weights[k].shape[0] for k in group])
+        low_rank = [prefers_low_rank(edit.count, *weights[k].shape) for k in group]
+        residual = None
+        if any(low_rank) or map_c is None:
+            residual = edit.targets.residual(edit.inputs, stacked, bounds)
+        for key, (start, end), use_low_rank in zip(group, bounds, low_rank):
+            if use_low_rank:
+                delta: Delta = LowRankDelta(residual[:, start:end].T.contiguous(), down_c)
+            elif map_c is not None:
+                delta = DenseDelta(stacked[start:end] @ map_c)
+            else:
+                delta = DenseDelta(residual[:, start:end].T @ down_c)
+            deltas[key] = delta
+        _check_finite(group, deltas)
+        if progress is not None:
+            progress(len(deltas), len(keys))
+    return Solution(
+        deltas=deltas,
+        edit_rows=edit.count,
+        preserve_rows=preserved.rows,
+        preserve_gram=preserved.gram if preserved.rows else None,
+    )
+
+
+def _shared_factors(edit: EditRows, preserve_sum: torch.Tensor, scales: Scales, need_map: bool):
+    """``down = s_e C^T M^-1`` ([m, d], float64) and, for replacement erasing, A = (G - C)^T down."""
+    inputs = edit.inputs.to(torch.float64)
+    m_matrix = scales.preserve * preserve_sum
+    m_matrix.addmm_(inputs.T, inputs, alpha=scales.erase)
+    m_matrix.diagonal().add_(scales.lamb)
+    factor, info = torch.linalg.cholesky_ex(m_matrix)
+    if info.item() != 0:
+        raise NonFiniteEditError(
+            "the normal matrix M = lamb I + s_e CC^T + s_p PP^T is not positive definite; "
+            "check that lamb > 0 and the text rows are finite"
+        )
+    down = torch.cholesky_solve(inputs.T.contiguous(), factor).T.mul_(scales.erase)
+    if not torch.isfinite(down).all():
+        raise NonFiniteEditError("solving with M gave NaN or infinite values")
+    direction_map = None
+    if need_map and isinstance(edit.targets, GuideTargets):
+        direction_map = (edit.targets.guide_rows.to(torch.float64) - inputs).T @ down
+    return down, direction_map
+
+
+def _any_dense(weights: Mapping[str, torch.Tensor], edit: EditRows) -> bool:
+    return any(not prefers_low_rank(edit.count, *w.shape) for w in weights.values())
+
+
+def _check_weights(weights: Mapping[str, torch.Tensor], width: int) -> None:
+    if not weights:
+        raise ValueError("no weights to edit")
+    for key, w in weights.items():
+        if w.ndim != 2:
+            raise ValueError(f"{key}: expected a [d_out, d] weight, got shape {tuple(w.shape)}")
+        if w.shape[1] != width:
+            raise ValueError(f"{key}: input width {w.shape[1]} does not match the text rows' width {width}")
+
+
+def _layer_groups(keys: list[str], weights: Mapping[str, torch.Tensor], rank: int) -> list[list[str]]:
+    """Consecutive layers whose stacked products stay under GROUP_ELEMENTS elements."""
+    groups: list[list[str]] = []
+    current: list[str] = []
+    columns = 0
+    for key in keys:
+        d_out, d = weights[key].shape
+        if current and (columns + d_out) * max(rank, d) > GROUP_ELEMENTS:
+            groups.append(current)
+            current, columns = [], 0
+        current.append(key)
+        columns += d_out
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _bounds(sizes: list[int]) -> list[tuple[int, int]]:
+    bounds, start = [], 0
+    for size in sizes:
+        bounds.append((start, start + size))
+        start += size
+    return bounds
+
+
+def _check_finite(keys: list[str], deltas: Mapping[str, Delta]) -> None:
+    for key in keys:
+        if not all(torch.isfinite(t).all() for t in deltas[key].tensors()):
+            raise NonFiniteEditError(f"the update for {key} has NaN or infinite values")
