@@ -1,0 +1,132 @@
+"""UCE Debias: move professions' outputs toward a chosen mix of attributes (gender, race …)."""
+
+from __future__ import annotations
+
+import math
+
+from .. import uce_solver
+from . import inputs, presets
+from .edit_runner import DebiasPlan, EditSettings, run_edit
+
+
+def debias_request(
+    professions: str,
+    attributes: str,
+    attribute_weights: str,
+    use_templates: bool = True,
+    preserve: str = "",
+    erase_scale: float = 1.0,
+    preserve_scale: float = 0.1,
+    lamb: float = 0.5,
+    token_mode: str = "paper",
+    projections: str = "keys+values",
+    strength: float = 1.0,
+) -> tuple[DebiasPlan, EditSettings]:
+    """Turn the node's widget values into a debias plan; raises ValueError on bad input."""
+    profession_list = presets.lines(professions)
+    if not profession_list:
+        raise ValueError("no professions: write at least one profession to debias, one per line")
+    attribute_list = presets.lines(attributes)
+    if len(attribute_list) < 2:
+        raise ValueError("write at least two attributes, one per line (e.g. male and female)")
+    weight_lines = presets.lines(attribute_weights)
+    if len(weight_lines) not in (1, len(profession_list)):
+        raise ValueError(
+            f"attribute_weights has {len(weight_lines)} lines but there are {len(profession_list)} professions: "
+            "give one line for all professions or one line per profession"
+        )
+    weights = [presets.parse_numbers(line, "attribute_weights") for line in weight_lines]
+    for row in weights:
+        if len(row) != len(attribute_list):
+            raise ValueError(
+                f"attribute_weights needs one number per attribute ({len(attribute_list)}: "
+                f"{', '.join(attribute_list)}), got {len(row)} in {row}"
+            )
+        if not all(math.isfinite(w) for w in row):
+            raise ValueError(f"attribute_weights must be finite numbers, got {row}")
+    templates = presets.DEBIAS_TEMPLATES if use_templates else ("{}",)
+    items, item_weights = [], []
+    for profession, row in zip(profession_list, weights * len(profession_list) if len(weights) == 1 else weights):
+        for template in templates:
+            items.append((template.format(profession), [template.format(a) for a in attribute_list]))
+            item_weights.append(row)
+
+    if preserve_scale < 0:
+        preserve_scale = 0.1  # automatic: the paper's value for debiasing
+    preserve_list = presets.lines(preserve) or list(presets.shipped_list("professions.txt"))
+    preserve_list = presets.without(preserve_list + [""], profession_list)
+    settings = EditSettings(
+        preserve=preserve_list,
+        token_mode=token_mode,
+        projections=projections,
+        scales=uce_solver.Scales(erase=erase_scale, preserve=preserve_scale, lamb=lamb),
+        strength=strength,
+    )
+    return DebiasPlan(items, item_weights), settings
+
+
+class UCEDebias:
+    """Debias professions across attributes with the UCE closed form and given attribute weights."""
+
+    DESCRIPTION = (
+        "Unified Concept Editing for debiasing: for each profession prompt, the cross-attention keys/values are "
+        "edited so its outputs move toward the attribute prompts (v* = o + sum_a w_a |o| u_a), while other "
+        "professions stay unchanged. Weights are given, not calibrated. Outputs a patched model and a report."
+    )
+    CATEGORY = inputs.CATEGORY
+    FUNCTION = "debias"
+    RETURN_TYPES = inputs.OUTPUTS
+    RETURN_NAMES = inputs.OUTPUT_NAMES
+    OUTPUT_TOOLTIPS = inputs.OUTPUT_TOOLTIPS
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": inputs.model_input(),
+                "clip": inputs.clip_input(),
+                "professions": inputs.text_input("doctor", "Professions (or any subjects) to debias, one per line."),
+                "attributes": inputs.text_input(
+                    "male\nfemale", "Attributes to balance across, one per line (e.g. male / female, or race groups)."
+                ),
+                "attribute_weights": (
+                    "STRING",
+                    {
+                        "default": "-0.03, 0.03",
+                        "tooltip": "One number per attribute, in the attributes' order: positive pushes toward that "
+                        "attribute, negative away. One line for all professions or one line per profession. The "
+                        "paper's calibration uses 0.1 x (desired share - observed share), e.g. a profession shown "
+                        "80% male: -0.03, 0.03.",
+                    },
+                ),
+                "use_templates": (
+                    "BOOLEAN",
+                    {
+                        "default": True,
+                        "tooltip": "Edit the paper's five prompts per profession ('image of X', 'photo of X', "
+                        "'portrait of X', 'picture of X', 'X') instead of the bare profession only.",
+                    },
+                ),
+                "preserve": inputs.text_input(
+                    "",
+                    "Prompts that must not change, one per line. Empty = a built-in list of professions (minus the "
+                    "debiased ones). The unconditional prompt is always preserved.",
+                ),
+                **inputs.common_solver_inputs(1.0, 0.1, "Weight s_p of keeping the preserve prompts unchanged (paper: 0.1)."),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(
+        cls, professions, attributes, attribute_weights, use_templates, preserve, erase_scale, preserve_scale,
+        lamb, token_mode, projections, strength,
+    ):
+        return inputs.validation_result(debias_request, dict(
+            professions=professions, attributes=attributes, attribute_weights=attribute_weights,
+            use_templates=use_templates, preserve=preserve, erase_scale=erase_scale, preserve_scale=preserve_scale,
+            lamb=lamb, token_mode=token_mode, projections=projections, strength=strength,
+        ))
+
+    def debias(self, model, clip, **values):
+        plan, settings = debias_request(**values)
+        return run_edit(model, clip, plan, settings)

@@ -1,0 +1,154 @@
+"""The one path every UCE node takes: texts -> rows -> closed-form solve -> patched MODEL clone."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Union
+
+import torch
+
+import comfy.model_management
+import comfy.utils
+
+from .. import uce_solver
+from . import model_weights, text_rows
+from .report import EditReport
+
+EFFECT_SAMPLE_ROWS = 512
+
+
+@dataclass(frozen=True)
+class ErasePlan:
+    """Erase: each (concept prompt, guide prompt) pair; the guide "" is the unconditional prompt."""
+
+    pairs: list[tuple[str, str]]
+    label: str = "erase"
+
+    def texts(self) -> list[str]:
+        return [t for pair in self.pairs for t in pair]
+
+    def build(self, encoded, mode: str) -> uce_solver.EditRows:
+        return uce_solver.erase_edit([(encoded[c], encoded[g]) for c, g in self.pairs], mode)
+
+
+@dataclass(frozen=True)
+class DebiasPlan:
+    """Debias: each (prompt, attribute prompts) item, with one weight per attribute."""
+
+    items: list[tuple[str, list[str]]]
+    weights: list[float]
+    label: str = "debias"
+
+    def texts(self) -> list[str]:
+        return [t for prompt, attrs in self.items for t in (prompt, *attrs)]
+
+    def build(self, encoded, mode: str) -> uce_solver.EditRows:
+        items = [(encoded[p], [encoded[a] for a in attrs]) for p, attrs in self.items]
+        return uce_solver.debias_edit(items, self.weights, mode)
+
+
+Plan = Union[ErasePlan, DebiasPlan]
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    preserve: list[str]
+    token_mode: str = "paper"
+    projections: str = "keys+values"
+    scales: uce_solver.Scales = field(default_factory=uce_solver.Scales)
+    strength: float = 1.0
+
+    def __post_init__(self):
+        uce_solver.check_token_mode(self.token_mode)
+        if self.projections not in model_weights.PROJECTIONS:
+            raise ValueError(
+                f"unknown projections {self.projections!r}; expected one of {', '.join(model_weights.PROJECTIONS)}"
+            )
+        self.scales.check()
+
+
+def run_edit(model, clip, plan: Plan, settings: EditSettings):
+    """Solve ``plan`` for ``model`` with texts encoded by ``clip``; return (edited clone, report)."""
+    started = time.perf_counter()
+    keys = model_weights.cross_attention_keys(model, settings.projections)
+    width = model_weights.input_width(model, keys)
+    texts = plan.texts() + settings.preserve
+
+    progress = comfy.utils.ProgressBar(len(set(texts)) + len(keys))
+    encoded = _encode(clip, texts, width, model, progress)
+    edit = plan.build(encoded, settings.token_mode)
+    preserve = [uce_solver.preserve_rows(encoded[t], settings.token_mode) for t in settings.preserve]
+    encoded_at = time.perf_counter()
+
+    device = comfy.model_management.get_torch_device()
+    weights = model_weights.effective_weights(model, keys)
+    edit_on_device = edit.to(device)
+
+    def solve_progress(done, total):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        progress.update_absolute(len(set(texts)) + done)
+
+    solution = uce_solver.solve(
+        weights, edit_on_device, (rows.to(device) for rows in preserve), settings.scales, solve_progress
+    )
+    solved_at = time.perf_counter()
+
+    effect = uce_solver.measure_effect(
+        weights,
+        solution.deltas,
+        edit_on_device.sample_blocks(EFFECT_SAMPLE_ROWS),
+        _sample_rows(preserve, EFFECT_SAMPLE_ROWS, device),
+        settings.strength,
+    )
+    deltas = uce_solver.move_deltas(solution.deltas, device=model.offload_device, dtype=torch.float32)
+    edited = model_weights.patched_clone(model, deltas, settings.strength)
+    report = EditReport(
+        label=plan.label,
+        family=model_weights.model_family(model),
+        blocks=len(edit.block_texts),
+        edit_rows=solution.edit_rows,
+        preserve_prompts=len(settings.preserve),
+        preserve_rows=solution.preserve_rows,
+        token_mode=settings.token_mode,
+        layers=len(keys),
+        low_rank_layers=sum(isinstance(d, uce_solver.LowRankDelta) for d in deltas.values()),
+        patch_bytes=uce_solver.storage_bytes(deltas.values()),
+        device=str(device),
+        encode_seconds=encoded_at - started,
+        solve_seconds=solved_at - encoded_at,
+        total_seconds=time.perf_counter() - started,
+        strength=settings.strength,
+        effect=effect,
+    )
+    return edited, report.text()
+
+
+def _encode(clip, texts, width, model, progress):
+    """Encode all texts, checking first (on one prompt) that the CLIP's width matches the MODEL's."""
+    for text in texts:  # tokenize everything first: a too-long prompt fails before any encoding
+        text_rows.last_token_slot(clip, text, text_rows.tokenize(clip, text))
+    probe = text_rows.encode_prompts(clip, texts[:1])
+    clip_width = probe[texts[0]].rows.shape[1]
+    if clip_width != width:
+        raise ValueError(
+            f"the CLIP gives {clip_width}-wide text conditioning but this {model_weights.model_family(model)} MODEL's "
+            f"cross-attention expects {width}: the CLIP does not match the MODEL (for example an SD1.5 CLIP "
+            "wired into an SDXL model); connect the CLIP loaded with this MODEL"
+        )
+
+    def encode_progress(done, total):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        progress.update_absolute(done)
+
+    return probe | text_rows.encode_prompts(clip, texts[1:], encode_progress)
+
+
+def _sample_rows(chunks: list[torch.Tensor], max_rows: int, device):
+    """At most ``max_rows`` rows spread evenly over all preserve rows (None when there are none)."""
+    if not chunks:
+        return None
+    rows = torch.cat(chunks)
+    if rows.shape[0] > max_rows:
+        rows = rows[torch.linspace(0, rows.shape[0] - 1, max_rows).long()]
+    return rows.to(device)

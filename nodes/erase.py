@@ -1,0 +1,177 @@
+"""UCE Erase Concepts and UCE Moderate: send concepts toward a guide (or the unconditional prompt)."""
+
+from __future__ import annotations
+
+from .. import uce_solver
+from . import inputs, presets
+from .edit_runner import EditSettings, ErasePlan, run_edit
+
+PRESERVE_SCALE_TOOLTIP = (
+    "Weight s_p of keeping the preserve prompts' outputs unchanged. -1 = automatic, as the paper: "
+    "max(0.1, 1 / number of preserve prompts)."
+)
+
+
+def erase_request(
+    concepts: str,
+    guide: str,
+    preserve: str,
+    concept_type: str = "custom",
+    expand_prompts: bool = False,
+    erase_scale: float = 1.0,
+    preserve_scale: float = -1.0,
+    lamb: float = 0.5,
+    token_mode: str = "paper",
+    projections: str = "keys+values",
+    strength: float = 1.0,
+    label: str = "erase",
+) -> tuple[ErasePlan, EditSettings]:
+    """Turn the node's widget values into an erase plan; raises ValueError on bad input."""
+    concept_list = presets.lines(concepts)
+    if not concept_list:
+        raise ValueError("no concepts: write at least one concept to erase, one per line")
+    guides = presets.guide_lines(guide)
+    if len(guides) not in (1, len(concept_list)):
+        raise ValueError(
+            f"guide has {len(guides)} lines but there are {len(concept_list)} concepts: "
+            "give one guide for all concepts or one per concept (an empty guide is the unconditional prompt)"
+        )
+    if concept_type not in presets.CONCEPT_TYPES:
+        raise ValueError(f"unknown concept type {concept_type!r}; expected one of {', '.join(presets.CONCEPT_TYPES)}")
+    preset = presets.CONCEPT_TYPES[concept_type]
+    templates = preset.templates if expand_prompts else ()
+    if len(guides) == 1:
+        guides = guides * len(concept_list)
+    pairs = [(prompt, g) for concept, g in zip(concept_list, guides) for prompt in presets.expand(concept, templates)]
+
+    preserve_list = presets.lines(preserve)
+    if not preserve_list and preset.preserve_list:
+        preserve_list = list(presets.shipped_list(preset.preserve_list))
+    preserve_list = presets.without(preserve_list + [""], concept_list)
+    if preserve_scale < 0:
+        preserve_scale = max(0.1, 1 / len(preserve_list))
+    settings = EditSettings(
+        preserve=preserve_list,
+        token_mode=token_mode,
+        projections=projections,
+        scales=uce_solver.Scales(erase=erase_scale, preserve=preserve_scale, lamb=lamb),
+        strength=strength,
+    )
+    return ErasePlan(pairs, label=label), settings
+
+
+def moderate_request(concepts: str, preserve: str, **solver_values) -> tuple[ErasePlan, EditSettings]:
+    """Moderation is erasing toward the unconditional prompt, preserving it (plus any listed prompts)."""
+    return erase_request(concepts, guide="", preserve=preserve, label="moderate", **solver_values)
+
+
+class UCEEraseConcepts:
+    """Erase concepts (artists' styles, objects, anything) by a closed-form edit of cross-attention K/V."""
+
+    DESCRIPTION = (
+        "Unified Concept Editing (Gandikota et al., WACV 2024): erase concepts from the model by a training-free, "
+        "closed-form edit of every cross-attention key/value projection, mapping each concept onto a guide concept "
+        "while keeping the preserve prompts unchanged. Outputs a patched copy of the model and a report."
+    )
+    CATEGORY = inputs.CATEGORY
+    FUNCTION = "erase"
+    RETURN_TYPES = inputs.OUTPUTS
+    RETURN_NAMES = inputs.OUTPUT_NAMES
+    OUTPUT_TOOLTIPS = inputs.OUTPUT_TOOLTIPS
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": inputs.model_input(),
+                "clip": inputs.clip_input(),
+                "concepts": inputs.text_input("Van Gogh", "Concepts to erase, one per line (e.g. artist names, objects)."),
+                "concept_type": (
+                    list(presets.CONCEPT_TYPES),
+                    {
+                        "default": "art",
+                        "tooltip": "Sets the paper's defaults. art: guide 'art', art prompt templates, built-in list "
+                        "of artists to preserve. object: guide '' (unconditional), object templates. custom: no "
+                        "templates, preserve only what you list.",
+                        "uce_guides": {name: t.guide for name, t in presets.CONCEPT_TYPES.items()},
+                    },
+                ),
+                "guide": inputs.text_input(
+                    "art",
+                    "What each concept should turn into: one line for all concepts, or one line per concept. Empty = "
+                    "the unconditional prompt (as if the concept were not written).",
+                ),
+                "preserve": inputs.text_input(
+                    "",
+                    "Prompts whose outputs must not change, one per line. Empty = the concept type's default (art: "
+                    "a built-in list of well-known artists). The unconditional prompt is always preserved; erased "
+                    "concepts are removed from this list.",
+                ),
+                "expand_prompts": (
+                    "BOOLEAN",
+                    {
+                        "default": True,
+                        "tooltip": "Also erase the concept type's template prompts (art: 'painting by X', 'art by X' "
+                        "…; object: 'image of X', 'photo of X' …), each sent to the same guide.",
+                    },
+                ),
+                **inputs.common_solver_inputs(1.0, -1.0, PRESERVE_SCALE_TOOLTIP),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(
+        cls, concepts, guide, preserve, concept_type, expand_prompts, erase_scale, preserve_scale, lamb,
+        token_mode, projections, strength,
+    ):
+        return inputs.validation_result(erase_request, dict(
+            concepts=concepts, guide=guide, preserve=preserve, concept_type=concept_type,
+            expand_prompts=expand_prompts, erase_scale=erase_scale, preserve_scale=preserve_scale, lamb=lamb,
+            token_mode=token_mode, projections=projections, strength=strength,
+        ))
+
+    def erase(self, model, clip, **values):
+        plan, settings = erase_request(**values)
+        return run_edit(model, clip, plan, settings)
+
+
+class UCEModerate:
+    """Moderate unsafe concepts: erase them toward the unconditional prompt, preserving the unconditional prompt."""
+
+    DESCRIPTION = (
+        "Unified Concept Editing for moderation: sends unsafe concepts (default 'nudity') to the unconditional "
+        "prompt with a closed-form edit of cross-attention keys/values, keeping the unconditional prompt itself "
+        "(and any prompts you add) unchanged. Outputs a patched copy of the model and a report."
+    )
+    CATEGORY = inputs.CATEGORY
+    FUNCTION = "moderate"
+    RETURN_TYPES = inputs.OUTPUTS
+    RETURN_NAMES = inputs.OUTPUT_NAMES
+    OUTPUT_TOOLTIPS = inputs.OUTPUT_TOOLTIPS
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": inputs.model_input(),
+                "clip": inputs.clip_input(),
+                "concepts": inputs.text_input("nudity", "Unsafe concepts to remove, one per line."),
+                "preserve": inputs.text_input(
+                    "",
+                    "Extra prompts whose outputs must not change, one per line. The unconditional prompt is always "
+                    "preserved (the paper preserves only that).",
+                ),
+                **inputs.common_solver_inputs(1.0, 1.0, "Weight s_p of keeping the preserve prompts unchanged (paper: 1)."),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, concepts, preserve, erase_scale, preserve_scale, lamb, token_mode, projections, strength):
+        return inputs.validation_result(moderate_request, dict(
+            concepts=concepts, preserve=preserve, erase_scale=erase_scale, preserve_scale=preserve_scale,
+            lamb=lamb, token_mode=token_mode, projections=projections, strength=strength,
+        ))
+
+    def moderate(self, model, clip, **values):
+        plan, settings = moderate_request(**values)
+        return run_edit(model, clip, plan, settings)

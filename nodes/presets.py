@@ -1,0 +1,69 @@
+"""The paper's presets (concept types, prompt templates, default preserve lists) and text-input parsing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+DATA_DIR = Path(__file__).parent / "data"
+
+ART_TEMPLATES = ("painting by {}", "art by {}", "artwork by {}", "picture by {}", "style of {}")
+OBJECT_TEMPLATES = ("image of {}", "photo of {}", "portrait of {}", "picture of {}", "painting of {}")
+DEBIAS_TEMPLATES = ("image of {}", "photo of {}", "portrait of {}", "picture of {}", "{}")
+
+
+@dataclass(frozen=True)
+class ConceptType:
+    """Defaults of one kind of erased concept, as the paper sets them."""
+
+    name: str
+    guide: str
+    templates: tuple[str, ...]
+    preserve_list: str  # file in data/ used when the preserve input is empty, or ""
+
+
+CONCEPT_TYPES = {
+    "art": ConceptType("art", "art", ART_TEMPLATES, "artists.txt"),
+    "object": ConceptType("object", "", OBJECT_TEMPLATES, ""),
+    "custom": ConceptType("custom", "", (), ""),
+}
+
+
+def lines(text: str) -> list[str]:
+    """Non-empty, stripped lines of a multiline input."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def guide_lines(text: str) -> list[str]:
+    """Guide input: one line for all concepts or one per concept; blank input means the unconditional ""."""
+    stripped = [line.strip() for line in text.splitlines()]
+    while stripped and not stripped[-1]:
+        stripped.pop()
+    return stripped or [""]
+
+
+@lru_cache(maxsize=None)
+def shipped_list(name: str) -> tuple[str, ...]:
+    """A list shipped in data/ (one entry per line)."""
+    return tuple(lines((DATA_DIR / name).read_text(encoding="utf-8")))
+
+
+def expand(concept: str, templates: tuple[str, ...]) -> list[str]:
+    """The bare concept followed by one prompt per template."""
+    return [concept] + [t.format(concept) for t in templates]
+
+
+def without(items: list[str], removed: list[str]) -> list[str]:
+    """``items`` minus ``removed`` (case-insensitive), order kept, duplicates dropped."""
+    gone = {r.lower() for r in removed}
+    return [item for item in dict.fromkeys(items) if item.lower() not in gone]
+
+
+def parse_numbers(text: str, what: str) -> list[float]:
+    """Numbers separated by commas, spaces or new lines."""
+    parts = text.replace(",", " ").split()
+    try:
+        return [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"{what} must be numbers separated by commas or new lines, got {text!r}") from None
