@@ -129,4 +129,5 @@ class UCEDebias:
 
     def debias(self, model, clip, **values):
         plan, settings = debias_request(**values)
-        return run_edit(model, clip, plan, settings)
+        edited, report = run_edit(model, clip, plan, settings)
+        return edited, report.text()

@@ -68,8 +68,8 @@ class EditSettings:
         self.scales.check()
 
 
-def run_edit(model, clip, plan: Plan, settings: EditSettings):
-    """Solve ``plan`` for ``model`` with texts encoded by ``clip``; return (edited clone, report)."""
+def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, EditReport]:
+    """Solve ``plan`` for ``model`` with texts encoded by ``clip``; return (edited MODEL clone, report)."""
     started = time.perf_counter()
     keys = model_weights.cross_attention_keys(model, settings.projections)
     width = model_weights.input_width(model, keys)
@@ -101,8 +101,10 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings):
         _sample_rows(preserve, EFFECT_SAMPLE_ROWS, device),
         settings.strength,
     )
+    measured_at = time.perf_counter()
     deltas = uce_solver.move_deltas(solution.deltas, device=model.offload_device, dtype=torch.float32)
     edited = model_weights.patched_clone(model, deltas, settings.strength)
+    patched_at = time.perf_counter()
     report = EditReport(
         label=plan.label,
         family=model_weights.model_family(model),
@@ -117,11 +119,13 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings):
         device=str(device),
         encode_seconds=encoded_at - started,
         solve_seconds=solved_at - encoded_at,
-        total_seconds=time.perf_counter() - started,
+        measure_seconds=measured_at - solved_at,
+        patch_seconds=patched_at - measured_at,
+        total_seconds=patched_at - started,
         strength=settings.strength,
         effect=effect,
     )
-    return edited, report.text()
+    return edited, report
 
 
 def _encode(clip, texts, width, model, progress):

@@ -132,7 +132,8 @@ class UCEEraseConcepts:
 
     def erase(self, model, clip, **values):
         plan, settings = erase_request(**values)
-        return run_edit(model, clip, plan, settings)
+        edited, report = run_edit(model, clip, plan, settings)
+        return edited, report.text()
 
 
 class UCEModerate:
@@ -174,4 +175,5 @@ class UCEModerate:
 
     def moderate(self, model, clip, **values):
         plan, settings = moderate_request(**values)
-        return run_edit(model, clip, plan, settings)
+        edited, report = run_edit(model, clip, plan, settings)
+        return edited, report.text()

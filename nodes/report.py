@@ -22,6 +22,8 @@ class EditReport:
     device: str
     encode_seconds: float
     solve_seconds: float
+    measure_seconds: float
+    patch_seconds: float
     total_seconds: float
     strength: float
     effect: EditEffect
@@ -35,7 +37,7 @@ class EditReport:
             f"layers: {self.layers} K/V matrices, {self.low_rank_layers} low-rank + "
             f"{self.layers - self.low_rank_layers} dense, patch {self.patch_bytes / 2**20:.1f} MiB",
             f"device: {self.device}; encode {self.encode_seconds:.2f} s, solve {self.solve_seconds:.2f} s, "
-            f"total {self.total_seconds:.2f} s",
+            f"measure {self.measure_seconds:.2f} s, patch {self.patch_seconds:.2f} s, total {self.total_seconds:.2f} s",
             f"effect at strength {self.strength:g} (attention space, {effect.edit_rows} edited rows measured): "
             f"{100 * effect.target_gap_remaining:.1f}% of the distance to the targets remains",
         ]
