@@ -65,6 +65,12 @@ def comfy(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def pack(comfy):
+    """This node pack, imported like ComfyUI imports a custom-node folder, its nodes registered."""
+    return comfy_env.load_pack()
+
+
+@pytest.fixture(scope="session")
 def tiny_sd15_path(comfy) -> str:
     """File name (as CheckpointLoaderSimple takes it) of the cached tiny SD1.5 checkpoint."""
     path = tiny_models.tiny_sd15_checkpoint()

@@ -7,7 +7,7 @@ import pytest
 import safetensors.torch
 import torch
 from uce_devtools import comfy_env, tiny_models
-from uce_devtools.graph import cross_attention_kv_keys, effective_weights, run_node
+from uce_devtools.graph import cross_attention_kv_keys, live_weights, run_node
 
 SD15_KV_KEYS = {
     f"diffusion_model.{block}.1.transformer_blocks.0.attn2.to_{kind}.weight"
@@ -139,10 +139,10 @@ def test_lora_loader_changes_effective_cross_attention_weights_exactly(sd15, tin
     key = "diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight"
     lora_name = "lora_unet_middle_block_1_transformer_blocks_0_attn2_to_k"
     delta = lora[lora_name + ".lora_up.weight"] @ lora[lora_name + ".lora_down.weight"]
-    base = effective_weights(model, [key])[key]
+    base = live_weights(model, [key])[key]
     assert delta.abs().max() > 0.1 * base.abs().max()
-    torch.testing.assert_close(effective_weights(lora_model, [key])[key], base + delta)
-    torch.testing.assert_close(effective_weights(half_model, [key])[key], base + 0.5 * delta)
+    torch.testing.assert_close(live_weights(lora_model, [key])[key], base + delta)
+    torch.testing.assert_close(live_weights(half_model, [key])[key], base + 0.5 * delta)
 
 
 def test_run_node_runs_v3_nodes(comfy, sdxl_family):

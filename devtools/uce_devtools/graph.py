@@ -57,24 +57,18 @@ def cross_attention_kv_keys(model: Any) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in state_dict.items() if CROSS_ATTENTION_KV_KEY.match(key)}
 
 
-def effective_weights(model: Any, keys: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Return the weights a MODEL (ModelPatcher) computes with: base + every patch (LoRA, edits).
+def live_weights(model: Any, keys: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The weights a MODEL (ModelPatcher) really samples with: loaded the way KSampler loads it.
 
-    float32 CPU copies; the model itself is never touched. Uses ComfyUI's own
-    get_key_patches + comfy.lora.calculate_weight, as ModelPatcher does when it patches.
+    ComfyUI's model management patches every patch (LoRA, edits) into the shared module when it
+    loads a clone; this reads float32 CPU copies of those live tensors. Independent of how the pack
+    computes effective weights, so tests can use it as an oracle.
     """
-    import comfy.lora
+    import comfy.model_management
 
-    key_patches = model.get_key_patches("diffusion_model.")
-    weights = {}
-    with torch.no_grad():
-        for key in keys:
-            (base, convert), *patches = key_patches[key]
-            weight = convert(base.detach().to("cpu", torch.float32, copy=True), inplace=True)
-            if patches:
-                weight = comfy.lora.calculate_weight(patches, weight, key)
-            weights[key] = weight
-    return weights
+    comfy.model_management.load_models_gpu([model], force_full_load=True)
+    state = model.model.state_dict()
+    return {key: state[key].detach().to("cpu", torch.float32, copy=True) for key in keys}
 
 
 async def _await(awaitable: Any) -> Any:

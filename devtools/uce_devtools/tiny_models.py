@@ -135,6 +135,28 @@ def sdxl_family_model(
     return _build_family("sdxl", comfy.supported_models.SDXL, unet_config, clip_options, seed)
 
 
+def flux_family_model(seed: int = 0) -> Any:
+    """A very small random Flux-family MODEL (ModelPatcher): a DiT with no UNet cross-attention.
+
+    For checking that the pack refuses families it does not support, with the family's name.
+    """
+    import_comfyui()
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    unet_config = {
+        "image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": 768,
+        "context_in_dim": 4096, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1,
+        "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "guidance_embed": False,
+    }
+    model_config = comfy.supported_models.Flux(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    base_model = model_config.get_model({}, "", device=torch.device("cpu"))
+    randomize_(base_model.diffusion_model, seed, "flux.dit")
+    return comfy.model_patcher.ModelPatcher(base_model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+
 def tiny_unet_config(
     context_dim: int, channel_mult: Sequence[int], attention_from_level: int, adm_in_channels: int | None
 ) -> dict:
