@@ -13,6 +13,7 @@ import comfy.utils
 
 from .. import uce_solver
 from . import model_weights, text_rows
+from .preserve_set import preserve_set
 from .report import EditReport
 
 EFFECT_SAMPLE_ROWS = 512
@@ -73,33 +74,35 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
     started = time.perf_counter()
     keys = model_weights.cross_attention_keys(model, settings.projections)
     width = model_weights.input_width(model, keys)
-    texts = plan.texts() + settings.preserve
+    edit_texts = list(dict.fromkeys(plan.texts()))
+    text_rows.check_prompts(clip, edit_texts + settings.preserve)  # a too-long prompt fails before any encoding
 
-    progress = comfy.utils.ProgressBar(len(set(texts)) + len(keys))
-    encoded = _encode(clip, texts, width, model, progress)
-    edit = plan.build(encoded, settings.token_mode)
-    preserve = [uce_solver.preserve_rows(encoded[t], settings.token_mode) for t in settings.preserve]
+    progress = comfy.utils.ProgressBar(len(edit_texts) + len(settings.preserve) + len(keys))
+
+    def step(offset):
+        def report_progress(done, total):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            progress.update_absolute(offset + done)
+
+        return report_progress
+
+    _check_clip_width(clip, edit_texts[0], width, model)
+    encoded = text_rows.encode_prompts(clip, edit_texts, progress=step(0))
+    device = comfy.model_management.get_torch_device()
+    edit = plan.build(encoded, settings.token_mode).to(device)
+    preserved = preserve_set(
+        clip, settings.preserve, settings.token_mode, width, device, EFFECT_SAMPLE_ROWS, step(len(edit_texts))
+    )
     encoded_at = time.perf_counter()
 
-    device = comfy.model_management.get_torch_device()
     weights = model_weights.effective_weights(model, keys)
-    edit_on_device = edit.to(device)
-
-    def solve_progress(done, total):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        progress.update_absolute(len(set(texts)) + done)
-
     solution = uce_solver.solve(
-        weights, edit_on_device, (rows.to(device) for rows in preserve), settings.scales, solve_progress
+        weights, edit, preserved.gram, settings.scales, step(len(edit_texts) + len(settings.preserve))
     )
     solved_at = time.perf_counter()
 
     effect = uce_solver.measure_effect(
-        weights,
-        solution.deltas,
-        edit_on_device.sample_blocks(EFFECT_SAMPLE_ROWS),
-        _sample_rows(preserve, EFFECT_SAMPLE_ROWS, device),
-        settings.strength,
+        weights, solution.deltas, edit.sample_blocks(EFFECT_SAMPLE_ROWS), preserved.sample, settings.strength
     )
     measured_at = time.perf_counter()
     deltas = uce_solver.move_deltas(solution.deltas, device=model.offload_device, dtype=torch.float32)
@@ -128,12 +131,9 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
     return edited, report
 
 
-def _encode(clip, texts, width, model, progress):
-    """Encode all texts, checking first (on one prompt) that the CLIP's width matches the MODEL's."""
-    for text in texts:  # tokenize everything first: a too-long prompt fails before any encoding
-        text_rows.last_token_slot(clip, text, text_rows.tokenize(clip, text))
-    probe = text_rows.encode_prompts(clip, texts[:1])
-    clip_width = probe[texts[0]].rows.shape[1]
+def _check_clip_width(clip, text: str, width: int, model) -> None:
+    """Encode one prompt (it is cached for the real pass) and compare its width with the MODEL's."""
+    clip_width = text_rows.encode_prompts(clip, [text])[text].rows.shape[1]
     if clip_width != width:
         raise ValueError(
             f"the CLIP gives {clip_width}-wide text conditioning but this {model_weights.model_family(model)} MODEL's "
@@ -141,18 +141,4 @@ def _encode(clip, texts, width, model, progress):
             "wired into an SDXL model); connect the CLIP loaded with this MODEL"
         )
 
-    def encode_progress(done, total):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        progress.update_absolute(done)
 
-    return probe | text_rows.encode_prompts(clip, texts[1:], encode_progress)
-
-
-def _sample_rows(chunks: list[torch.Tensor], max_rows: int, device):
-    """At most ``max_rows`` rows spread evenly over all preserve rows (None when there are none)."""
-    if not chunks:
-        return None
-    rows = torch.cat(chunks)
-    if rows.shape[0] > max_rows:
-        rows = rows[torch.linspace(0, rows.shape[0] - 1, max_rows).long()]
-    return rows.to(device)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
 from ..uce_solver import EncodedPrompt
+from .text_cache import ROW_CACHE, RowCache, encoder_key
 
 ENCODE_BATCH = 64
 
@@ -40,33 +41,55 @@ def last_token_slot(clip, text: str, tokens: dict) -> int:
     return next(iter(slots.values()))
 
 
-def encode_prompts(
+def check_prompts(clip, texts: Sequence[str], cache: Optional[RowCache] = ROW_CACHE) -> None:
+    """Raise PromptTooLongError for a prompt over one chunk, before anything is encoded.
+
+    Prompts already in ``cache`` were checked when they were encoded and are skipped.
+    """
+    key = encoder_key(clip) if cache is not None else None
+    for text in dict.fromkeys(texts):
+        if key is None or not cache.contains((key, text)):
+            last_token_slot(clip, text, tokenize(clip, text))
+
+
+def iter_encoded(
     clip,
     texts: Sequence[str],
     progress: Optional[Callable[[int, int], None]] = None,
     batch_size: int = ENCODE_BATCH,
-) -> dict[str, EncodedPrompt]:
-    """Encode every distinct text, many per encoder pass, through ComfyUI's own conditioning path.
+    cache: Optional[RowCache] = ROW_CACHE,
+) -> Iterator[EncodedPrompt]:
+    """Encode ``texts`` in order, many per encoder pass, through ComfyUI's own conditioning path.
 
     Several prompts are passed as the chunks of one long prompt, which ComfyUI
     encodes as one batch (weights all 1, so nothing is interpolated); each
     chunk's 77 rows are exactly that prompt's conditioning. Clip skip and CLIP
-    patches (LoRA) apply as for CLIPTextEncode.
+    patches (LoRA) apply as for CLIPTextEncode. Prompts found in ``cache`` are
+    not encoded again. Yields one EncodedPrompt per text, so callers can stream.
     """
-    unique = list(dict.fromkeys(texts))
-    tokenized = [(text, tokenize(clip, text)) for text in unique]
-    lasts = {text: last_token_slot(clip, text, tokens) for text, tokens in tokenized}
-    out: dict[str, EncodedPrompt] = {}
-    for start in range(0, len(tokenized), batch_size):
-        batch = tokenized[start : start + batch_size]
-        merged = {name: [tokens[name][0] for _, tokens in batch] for name in batch[0][1]}
-        cond = clip.encode_from_tokens(merged, return_dict=True)["cond"]
-        rows = cond.reshape(len(batch), -1, cond.shape[-1]).to(torch.float32)
-        for (text, _), prompt_rows in zip(batch, rows):
-            out[text] = EncodedPrompt(text, prompt_rows, lasts[text])
+    key = encoder_key(clip) if cache is not None else None
+    for start in range(0, len(texts), batch_size):
+        batch = list(texts[start : start + batch_size])
+        found = {text: cache.get((key, text)) for text in batch} if key is not None else {}
+        missing = list(dict.fromkeys(t for t in batch if found.get(t) is None))
+        if missing:
+            tokenized = [tokenize(clip, text) for text in missing]
+            lasts = [last_token_slot(clip, text, tokens) for text, tokens in zip(missing, tokenized)]
+            merged = {name: [tokens[name][0] for tokens in tokenized] for name in tokenized[0]}
+            cond = clip.encode_from_tokens(merged, return_dict=True)["cond"]
+            rows = cond.reshape(len(missing), -1, cond.shape[-1]).to(torch.float32)
+            for text, prompt_rows, last in zip(missing, rows, lasts):
+                found[text] = EncodedPrompt(text, prompt_rows, last)
+                if key is not None:
+                    cache.put((key, text), found[text])
+        yield from (found[text] for text in batch)
         if progress is not None:
-            progress(min(start + batch_size, len(tokenized)), len(tokenized))
-    return out
+            progress(min(start + batch_size, len(texts)), len(texts))
+
+
+def encode_prompts(clip, texts: Sequence[str], **options) -> dict[str, EncodedPrompt]:
+    """Every distinct text of ``texts`` encoded (see :func:`iter_encoded`), by text."""
+    return {prompt.text: prompt for prompt in iter_encoded(clip, list(dict.fromkeys(texts)), **options)}
 
 
 def _end_token(clip, name: str) -> int:

@@ -1,0 +1,97 @@
+"""A bounded cache of encoded prompts, keyed by everything that determines their rows.
+
+Rows depend on the text, the tokenizer, the text encoder's weights and patches
+(LoRA) and its options (clip skip). Repeating or tweaking an edit with the same
+CLIP and preserve list then encodes nothing again; a different CLIP (another
+checkpoint, a LoRA, another clip skip) gets different keys.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+import weakref
+from collections import OrderedDict
+from typing import Hashable, Optional
+
+from ..uce_solver import EncodedPrompt
+
+DEFAULT_MAX_BYTES = int(os.environ.get("UCE_TEXT_CACHE_MB", "1024")) * 2**20
+
+_identities: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
+
+
+def _identity(obj) -> str:
+    """A token unique to a live object (unlike id(), never reused after the object is freed)."""
+    if obj not in _identities:
+        _identities[obj] = uuid.uuid4().hex
+    return _identities[obj]
+
+
+def encoder_key(clip) -> Optional[Hashable]:
+    """What, besides the text, determines a CLIP's conditioning rows; None if it cannot be cached."""
+    patcher = clip.patcher
+    if getattr(patcher, "forced_hooks", None) or getattr(clip, "apply_hooks_to_conds", None):
+        return None  # hooks may change the encoder per step: do not trust a cache
+    return (
+        _identity(clip.cond_stage_model),
+        _identity(clip.tokenizer),
+        str(patcher.patches_uuid),
+        clip.layer_idx,
+        repr(sorted(clip.tokenizer_options.items())),
+    )
+
+
+class RowCache:
+    """Least-recently-used map (encoder key, text) -> EncodedPrompt, bounded in bytes."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._entries: "OrderedDict[Hashable, EncodedPrompt]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def contains(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def get(self, key: Hashable) -> Optional[EncodedPrompt]:
+        with self._lock:
+            prompt = self._entries.get(key)
+            if prompt is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return prompt
+
+    def put(self, key: Hashable, prompt: EncodedPrompt) -> None:
+        size = _nbytes(prompt)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.bytes -= _nbytes(old)
+            self._entries[key] = prompt
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self.bytes -= _nbytes(evicted)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.bytes = self.hits = self.misses = 0
+
+
+def _nbytes(prompt: EncodedPrompt) -> int:
+    return prompt.rows.numel() * prompt.rows.element_size()
+
+
+ROW_CACHE = RowCache()
