@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -55,9 +56,22 @@ def expand(concept: str, templates: tuple[str, ...]) -> list[str]:
 
 
 def without(items: list[str], removed: list[str]) -> list[str]:
-    """``items`` minus ``removed`` (case-insensitive), order kept, duplicates dropped."""
-    gone = {r.lower() for r in removed}
-    return [item for item in dict.fromkeys(items) if item.lower() not in gone]
+    """``items`` minus those that name a removed concept, order kept, duplicates dropped.
+
+    An item goes when it and a removed concept contain one another as whole
+    words, ignoring case: erasing "Van Gogh" drops "Vincent van Gogh" too, so the
+    edit never tries to preserve what it erases. The empty prompt always stays.
+    """
+    patterns = [re.compile(rf"(?<!\w){re.escape(r.lower())}(?!\w)") for r in removed if r.strip()]
+
+    def names_removed(item: str) -> bool:
+        lowered = item.lower()
+        return bool(lowered) and any(
+            p.search(lowered) or re.search(rf"(?<!\w){re.escape(lowered)}(?!\w)", r.lower())
+            for p, r in zip(patterns, removed)
+        )
+
+    return [item for item in dict.fromkeys(items) if not names_removed(item)]
 
 
 def parse_numbers(text: str, what: str) -> list[float]:

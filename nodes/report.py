@@ -31,9 +31,9 @@ class EditReport:
     def text(self) -> str:
         effect = self.effect
         lines = [
-            f"UCE {self.label} on {self.family}: {self.blocks} edited prompts, {self.edit_rows} rows "
+            f"UCE {self.label} on {self.family}: {_count(self.blocks, 'edited prompt')}, {self.edit_rows} rows "
             f"({self.token_mode} token mode)",
-            f"preserve: {self.preserve_prompts} prompts, {self.preserve_rows} rows",
+            f"preserve: {_count(self.preserve_prompts, 'prompt')}, {self.preserve_rows} rows",
             f"layers: {self.layers} K/V matrices, {self.low_rank_layers} low-rank + "
             f"{self.layers - self.low_rank_layers} dense, patch {self.patch_bytes / 2**20:.1f} MiB",
             f"device: {self.device}; encode {self.encode_seconds:.2f} s, solve {self.solve_seconds:.2f} s, "
@@ -47,3 +47,7 @@ class EditReport:
                 f"({effect.preserve_rows} rows measured)"
             )
         return "\n".join(lines)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
