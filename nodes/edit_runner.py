@@ -105,7 +105,9 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
         weights, solution.deltas, edit.sample_blocks(EFFECT_SAMPLE_ROWS), preserved.sample, settings.strength
     )
     measured_at = time.perf_counter()
-    deltas = uce_solver.move_deltas(solution.deltas, device=model.offload_device, dtype=torch.float32)
+    deltas = uce_solver.move_deltas(
+        solution.deltas, device=model.offload_device, dtype=model_weights.patch_dtype(model, keys)
+    )
     edited = model_weights.patched_clone(model, deltas, settings.strength)
     patched_at = time.perf_counter()
     report = EditReport(

@@ -60,6 +60,19 @@ def input_width(model, keys: list[str]) -> int:
     return widths.pop()
 
 
+def patch_dtype(model, keys: list[str]) -> torch.dtype:
+    """Storage dtype for the edit's patches: the weights' own 16-bit dtype, else float32.
+
+    The patched weight is rounded to the weight's dtype anyway, so 16-bit
+    factors cost no meaningful precision and halve the patch memory.
+    """
+    state = model.model.state_dict()
+    dtypes = {state[k].dtype for k in keys}
+    if len(dtypes) == 1 and dtypes <= {torch.float16, torch.bfloat16}:
+        return dtypes.pop()
+    return torch.float32
+
+
 def effective_weights(model, keys: list[str]) -> dict[str, torch.Tensor]:
     """The weights as the sampler will see them: base weight plus every patch already on the MODEL.
 
