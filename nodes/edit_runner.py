@@ -6,8 +6,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Union
 
-import torch
-
 import comfy.model_management
 import comfy.utils
 
@@ -95,7 +93,7 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
     )
     encoded_at = time.perf_counter()
 
-    weights = model_weights.effective_weights(model, keys)
+    weights = model_weights.EffectiveWeights(model, keys, device)
     solution = uce_solver.solve(
         weights, edit, preserved.gram, settings.scales, step(len(edit_texts) + len(settings.preserve))
     )

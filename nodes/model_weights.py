@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 
@@ -73,22 +73,32 @@ def patch_dtype(model, keys: list[str]) -> torch.dtype:
     return torch.float32
 
 
-def effective_weights(model, keys: list[str]) -> dict[str, torch.Tensor]:
-    """The weights as the sampler will see them: base weight plus every patch already on the MODEL.
+class EffectiveWeights(Mapping):
+    """The K/V weights as the sampler will see them: base weight plus every patch already on the MODEL.
 
     LoRAs and other patches added upstream are included, exactly as ComfyUI
-    applies them; the shared module's tensors are only read (copied first).
-    Returned in float32 on the CPU.
+    applies them. Each weight is computed in float32 on ``device`` when it is
+    read and not kept, so at most the layers being solved are materialised; the
+    shared module's tensors are only read (copied first).
     """
-    key_patches = model.get_key_patches("diffusion_model.")
-    out = {}
-    for key in keys:
-        (base, convert), *patches = key_patches[key]
-        weight = convert(base.detach().to("cpu", torch.float32, copy=True), inplace=True)
+
+    def __init__(self, model, keys: list[str], device):
+        self._key_patches = model.get_key_patches("diffusion_model.")  # references, no copies
+        self._device = device
+        self.shapes = {key: tuple(self._key_patches[key][0][0].shape) for key in keys}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        (base, convert), *patches = self._key_patches[key]
+        weight = convert(base.detach().to(self._device, torch.float32, copy=True), inplace=True)
         if patches:
             weight = comfy.lora.calculate_weight(patches, weight, key)
-        out[key] = weight
-    return out
+        return weight
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
 
 
 def patched_clone(model, deltas: Mapping[str, Delta], strength: float):

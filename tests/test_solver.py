@@ -12,6 +12,7 @@ import torch
 import uce_reference as ref
 
 SLOTS = 77
+LAYER_OUTPUTS = {768: (320, 1280), 1024: (320, 1280), 2048: (640, 1280)}
 
 
 @dataclass(frozen=True)

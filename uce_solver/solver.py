@@ -112,29 +112,33 @@ def solve(
     """Closed-form UCE update for every weight in ``weights`` (key -> W0, [d_out, d]).
 
     Runs on the device of ``edit.inputs``; weights are moved there one layer
-    group at a time. Deltas come back in float64 if the edit rows are float64,
+    group at a time. ``weights`` may be a lazy mapping that computes each weight
+    on access; give it a ``shapes`` attribute (key -> (d_out, d)) so that
+    planning does not materialise them. Deltas come back in float64 if the edit rows are float64,
     else float32, low-rank or dense per layer, whichever is smaller.
     ``progress(done, total)`` is called after each layer group (it may raise to
     interrupt).
     """
     scales.check()
-    _check_weights(weights, edit.width)
+    shapes = weight_shapes(weights)
+    _check_shapes(shapes, edit.width)
     if not torch.isfinite(edit.inputs).all():
         raise NonFiniteEditError("edit rows contain NaN or infinite values")
     device = edit.inputs.device
     dtype = torch.float64 if edit.inputs.dtype == torch.float64 else torch.float32
 
     preserved = preserve_gram(preserve, edit.width, device)
-    down, direction_map = _shared_factors(edit, preserved.gram, scales, need_map=_any_dense(weights, edit))
+    need_map = any(not prefers_low_rank(edit.count, *shape) for shape in shapes.values())
+    down, direction_map = _shared_factors(edit, preserved.gram, scales, need_map)
     down_c = down.to(dtype)
     map_c = None if direction_map is None else direction_map.to(dtype)
 
     deltas: dict[str, Delta] = {}
-    keys = list(weights)
-    for group in _layer_groups(keys, weights, edit.count):
+    keys = list(shapes)
+    for group in _layer_groups(keys, shapes, edit.count):
         stacked = torch.cat([weights[k].to(device, dtype) for k in group])
-        bounds = _bounds([weights[k].shape[0] for k in group])
-        low_rank = [prefers_low_rank(edit.count, *weights[k].shape) for k in group]
+        bounds = _bounds([shapes[k][0] for k in group])
+        low_rank = [prefers_low_rank(edit.count, *shapes[k]) for k in group]
         residual = None
         if any(low_rank) or map_c is None:
             residual = edit.targets.residual(edit.inputs, stacked, bounds)
@@ -178,27 +182,31 @@ def _shared_factors(edit: EditRows, preserve_sum: torch.Tensor, scales: Scales, 
     return down, direction_map
 
 
-def _any_dense(weights: Mapping[str, torch.Tensor], edit: EditRows) -> bool:
-    return any(not prefers_low_rank(edit.count, *w.shape) for w in weights.values())
+def weight_shapes(weights: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the weights, from a lazy mapping's ``shapes`` if it has one (nothing is computed)."""
+    shapes = getattr(weights, "shapes", None)
+    if shapes is None:
+        shapes = {key: w.shape for key, w in weights.items()}
+    return {key: tuple(shape) for key, shape in shapes.items()}
 
 
-def _check_weights(weights: Mapping[str, torch.Tensor], width: int) -> None:
-    if not weights:
+def _check_shapes(shapes: Mapping[str, tuple[int, ...]], width: int) -> None:
+    if not shapes:
         raise ValueError("no weights to edit")
-    for key, w in weights.items():
-        if w.ndim != 2:
-            raise ValueError(f"{key}: expected a [d_out, d] weight, got shape {tuple(w.shape)}")
-        if w.shape[1] != width:
-            raise ValueError(f"{key}: input width {w.shape[1]} does not match the text rows' width {width}")
+    for key, shape in shapes.items():
+        if len(shape) != 2:
+            raise ValueError(f"{key}: expected a [d_out, d] weight, got shape {shape}")
+        if shape[1] != width:
+            raise ValueError(f"{key}: input width {shape[1]} does not match the text rows' width {width}")
 
 
-def _layer_groups(keys: list[str], weights: Mapping[str, torch.Tensor], rank: int) -> list[list[str]]:
+def _layer_groups(keys: list[str], shapes: Mapping[str, tuple[int, ...]], rank: int) -> list[list[str]]:
     """Consecutive layers whose stacked products stay under GROUP_ELEMENTS elements."""
     groups: list[list[str]] = []
     current: list[str] = []
     columns = 0
     for key in keys:
-        d_out, d = weights[key].shape
+        d_out, d = shapes[key]
         if current and (columns + d_out) * max(rank, d) > GROUP_ELEMENTS:
             groups.append(current)
             current, columns = [], 0
