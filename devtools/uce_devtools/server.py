@@ -47,6 +47,14 @@ class PromptRejected(RuntimeError):
         super().__init__(f"/prompt answered HTTP {status}: {json.dumps(body)[:2000]}")
 
 
+def artifacts_dir(*parts: str) -> Path:
+    """Folder for test artifacts (screenshots, logs, timings): $UCE_ARTIFACTS_DIR or <repo>/out/artifacts."""
+    root = Path(os.environ.get("UCE_ARTIFACTS_DIR") or REPO_ROOT / "out" / "artifacts")
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
