@@ -45,25 +45,27 @@ def measure_effect(
     device = edit.inputs.device
     dtype = torch.float64 if edit.inputs.dtype == torch.float64 else torch.float32
     inputs = edit.inputs.to(dtype)
-    before = after = moved = reference = 0.0
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # before, after, moved, reference
+    has_preserve = preserve_rows is not None and preserve_rows.shape[0] > 0
+    rows = preserve_rows.to(device, dtype) if has_preserve else None
     for key, delta in deltas.items():
         w0 = weights[key].to(device, dtype)
         residual = edit.targets.residual(inputs, w0, [(0, w0.shape[0])])
-        before += residual.square().sum().item()
-        after += (residual - strength * _apply(delta, inputs)).square().sum().item()
-        if preserve_rows is not None and preserve_rows.shape[0]:
-            rows = preserve_rows.to(device, dtype)
-            moved += (strength * _apply(delta, rows)).square().sum().item()
-            reference += (rows @ w0.T).square().sum().item()
+        sums[0] += residual.square().sum()
+        sums[1] += (residual - strength * _apply(delta, inputs)).square().sum()
+        if has_preserve:
+            sums[2] += (strength * _apply(delta, rows)).square().sum()
+            sums[3] += (rows @ w0.T).square().sum()
+    before, after, moved, reference = sums.tolist()  # one device sync for the whole measurement
     shift = None
-    if preserve_rows is not None and preserve_rows.shape[0]:
+    if has_preserve:
         shift = math.sqrt(moved / reference) if reference > 0 else 0.0
     return EditEffect(
         target_gap_before=math.sqrt(before),
         target_gap_after=math.sqrt(after),
         preserve_shift=shift,
         edit_rows=edit.count,
-        preserve_rows=0 if preserve_rows is None else preserve_rows.shape[0],
+        preserve_rows=rows.shape[0] if has_preserve else 0,
     )
 
 

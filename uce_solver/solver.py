@@ -59,7 +59,6 @@ class Solution:
     deltas: dict[str, Delta]
     edit_rows: int
     preserve_rows: int
-    preserve_gram: Optional[torch.Tensor]  # float64 [d, d], sum of p p^T (unscaled), None without preserve rows
 
 
 class GramAccumulator:
@@ -88,7 +87,7 @@ class GramAccumulator:
             self.rows += chunk.shape[0]
 
 
-def preserve_gram(preserve: PreserveRows, width: int, device) -> GramAccumulator:
+def _preserve_gram(preserve: PreserveRows, width: int, device) -> GramAccumulator:
     """Sum of p p^T over all preserve rows (a tensor, an iterable of row chunks, or already accumulated)."""
     if isinstance(preserve, GramAccumulator):
         if preserve.gram.shape[0] != width:
@@ -112,12 +111,12 @@ def solve(
     """Closed-form UCE update for every weight in ``weights`` (key -> W0, [d_out, d]).
 
     Runs on the device of ``edit.inputs``; weights are moved there one layer
-    group at a time. ``weights`` may be a lazy mapping that computes each weight
-    on access; give it a ``shapes`` attribute (key -> (d_out, d)) so that
-    planning does not materialise them. Deltas come back in float64 if the edit rows are float64,
-    else float32, low-rank or dense per layer, whichever is smaller.
-    ``progress(done, total)`` is called after each layer group (it may raise to
-    interrupt).
+    group at a time. ``weights`` may be a lazy mapping that computes each
+    weight on access: give it a ``shapes`` attribute (key -> (d_out, d)) so
+    that planning materialises nothing. Deltas come back in float64 if the edit
+    rows are float64, else float32, low-rank or dense per layer, whichever is
+    smaller. ``progress(done, total)`` is called after each layer group (it may
+    raise to interrupt).
     """
     scales.check()
     shapes = weight_shapes(weights)
@@ -127,7 +126,7 @@ def solve(
     device = edit.inputs.device
     dtype = torch.float64 if edit.inputs.dtype == torch.float64 else torch.float32
 
-    preserved = preserve_gram(preserve, edit.width, device)
+    preserved = _preserve_gram(preserve, edit.width, device)
     need_map = any(not prefers_low_rank(edit.count, *shape) for shape in shapes.values())
     down, direction_map = _shared_factors(edit, preserved.gram, scales, need_map)
     down_c = down.to(dtype)
@@ -157,7 +156,6 @@ def solve(
         deltas=deltas,
         edit_rows=edit.count,
         preserve_rows=preserved.rows,
-        preserve_gram=preserved.gram if preserved.rows else None,
     )
 
 
