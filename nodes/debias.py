@@ -6,23 +6,12 @@ import math
 
 from .. import uce_solver
 from . import inputs, presets
-from .edit_runner import DebiasPlan, EditSettings, run_edit
+from .edit_runner import DebiasPlan, EditSettings
+from .node_base import UCENode
 
 
-def debias_request(
-    professions: str,
-    attributes: str,
-    attribute_weights: str,
-    use_templates: bool = True,
-    preserve: str = "",
-    erase_scale: float = 1.0,
-    preserve_scale: float = 0.1,
-    lamb: float = 0.5,
-    token_mode: str = "paper",
-    projections: str = "keys+values",
-    strength: float = 1.0,
-) -> tuple[DebiasPlan, EditSettings]:
-    """Turn the node's widget values into a debias plan; raises ValueError on bad input."""
+def debias_texts(professions: str, attributes: str, attribute_weights: str):
+    """Professions, attributes and one weight row per profession from the text inputs; ValueError if malformed."""
     profession_list = presets.lines(professions)
     if not profession_list:
         raise ValueError("no professions: write at least one profession to debias, one per line")
@@ -44,9 +33,27 @@ def debias_request(
             )
         if not all(math.isfinite(w) for w in row):
             raise ValueError(f"attribute_weights must be finite numbers, got {row}")
+    return profession_list, attribute_list, weights * len(profession_list) if len(weights) == 1 else weights
+
+
+def debias_request(
+    professions: str,
+    attributes: str,
+    attribute_weights: str,
+    use_templates: bool = True,
+    preserve: str = "",
+    erase_scale: float = 1.0,
+    preserve_scale: float = 0.1,
+    lamb: float = 0.5,
+    token_mode: str = "paper",
+    projections: str = "keys+values",
+    strength: float = 1.0,
+) -> tuple[DebiasPlan, EditSettings]:
+    """Turn the node's widget values into a debias plan; raises ValueError on bad input."""
+    profession_list, attribute_list, weights = debias_texts(professions, attributes, attribute_weights)
     templates = presets.DEBIAS_TEMPLATES if use_templates else ("{}",)
     items, item_weights = [], []
-    for profession, row in zip(profession_list, weights * len(profession_list) if len(weights) == 1 else weights):
+    for profession, row in zip(profession_list, weights):
         for template in templates:
             items.append((template.format(profession), [template.format(a) for a in attribute_list]))
             item_weights.append(row)
@@ -65,7 +72,7 @@ def debias_request(
     return DebiasPlan(items, item_weights), settings
 
 
-class UCEDebias:
+class UCEDebias(UCENode):
     """Debias professions across attributes with the UCE closed form and given attribute weights."""
 
     DESCRIPTION = (
@@ -73,11 +80,6 @@ class UCEDebias:
         "edited so its outputs move toward the attribute prompts (v* = o + sum_a w_a |o| u_a), while other "
         "professions stay unchanged. Weights are given, not calibrated. Outputs a patched model and a report."
     )
-    CATEGORY = inputs.CATEGORY
-    FUNCTION = "debias"
-    RETURN_TYPES = inputs.OUTPUTS
-    RETURN_NAMES = inputs.OUTPUT_NAMES
-    OUTPUT_TOOLTIPS = inputs.OUTPUT_TOOLTIPS
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -92,6 +94,7 @@ class UCEDebias:
                 "attribute_weights": (
                     "STRING",
                     {
+                        "multiline": True,
                         "default": "-0.03, 0.03",
                         "tooltip": "One number per attribute, in the attributes' order: positive pushes toward that "
                         "attribute, negative away. One line for all professions or one line per profession. The "
@@ -116,18 +119,10 @@ class UCEDebias:
             }
         }
 
-    @classmethod
-    def VALIDATE_INPUTS(
-        cls, professions, attributes, attribute_weights, use_templates, preserve, erase_scale, preserve_scale,
-        lamb, token_mode, projections, strength,
-    ):
-        return inputs.validation_result(debias_request, dict(
-            professions=professions, attributes=attributes, attribute_weights=attribute_weights,
-            use_templates=use_templates, preserve=preserve, erase_scale=erase_scale, preserve_scale=preserve_scale,
-            lamb=lamb, token_mode=token_mode, projections=projections, strength=strength,
-        ))
+    build_request = staticmethod(debias_request)
 
-    def debias(self, model, clip, **values):
-        plan, settings = debias_request(**values)
-        edited, report = run_edit(model, clip, plan, settings)
-        return edited, report.text()
+    @classmethod
+    def VALIDATE_INPUTS(cls, professions, attributes, attribute_weights):
+        return inputs.validation_result(
+            debias_texts, dict(professions=professions, attributes=attributes, attribute_weights=attribute_weights)
+        )

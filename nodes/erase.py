@@ -4,12 +4,27 @@ from __future__ import annotations
 
 from .. import uce_solver
 from . import inputs, presets
-from .edit_runner import EditSettings, ErasePlan, run_edit
+from .edit_runner import EditSettings, ErasePlan
+from .node_base import UCENode
 
 PRESERVE_SCALE_TOOLTIP = (
     "Weight s_p of keeping the preserve prompts' outputs unchanged. -1 = automatic, as the paper: "
     "max(0.1, 1 / number of preserve prompts)."
 )
+
+
+def erase_texts(concepts: str, guide: str = "") -> tuple[list[str], list[str]]:
+    """Concepts and one guide per concept from the two text inputs; raises ValueError on bad input."""
+    concept_list = presets.lines(concepts)
+    if not concept_list:
+        raise ValueError("no concepts: write at least one concept to erase, one per line")
+    guides = presets.guide_lines(guide)
+    if len(guides) not in (1, len(concept_list)):
+        raise ValueError(
+            f"guide has {len(guides)} lines but there are {len(concept_list)} concepts: "
+            "give one guide for all concepts or one per concept (an empty guide is the unconditional prompt)"
+        )
+    return concept_list, guides * len(concept_list) if len(guides) == 1 else guides
 
 
 def erase_request(
@@ -27,21 +42,11 @@ def erase_request(
     label: str = "erase",
 ) -> tuple[ErasePlan, EditSettings]:
     """Turn the node's widget values into an erase plan; raises ValueError on bad input."""
-    concept_list = presets.lines(concepts)
-    if not concept_list:
-        raise ValueError("no concepts: write at least one concept to erase, one per line")
-    guides = presets.guide_lines(guide)
-    if len(guides) not in (1, len(concept_list)):
-        raise ValueError(
-            f"guide has {len(guides)} lines but there are {len(concept_list)} concepts: "
-            "give one guide for all concepts or one per concept (an empty guide is the unconditional prompt)"
-        )
+    concept_list, guides = erase_texts(concepts, guide)
     if concept_type not in presets.CONCEPT_TYPES:
         raise ValueError(f"unknown concept type {concept_type!r}; expected one of {', '.join(presets.CONCEPT_TYPES)}")
     preset = presets.CONCEPT_TYPES[concept_type]
     templates = preset.templates if expand_prompts else ()
-    if len(guides) == 1:
-        guides = guides * len(concept_list)
     pairs = [(prompt, g) for concept, g in zip(concept_list, guides) for prompt in presets.expand(concept, templates)]
 
     preserve_list = presets.lines(preserve)
@@ -65,7 +70,7 @@ def moderate_request(concepts: str, preserve: str, **solver_values) -> tuple[Era
     return erase_request(concepts, guide="", preserve=preserve, label="moderate", **solver_values)
 
 
-class UCEEraseConcepts:
+class UCEEraseConcepts(UCENode):
     """Erase concepts (artists' styles, objects, anything) by a closed-form edit of cross-attention K/V."""
 
     DESCRIPTION = (
@@ -73,11 +78,6 @@ class UCEEraseConcepts:
         "closed-form edit of every cross-attention key/value projection, mapping each concept onto a guide concept "
         "while keeping the preserve prompts unchanged. Outputs a patched copy of the model and a report."
     )
-    CATEGORY = inputs.CATEGORY
-    FUNCTION = "erase"
-    RETURN_TYPES = inputs.OUTPUTS
-    RETURN_NAMES = inputs.OUTPUT_NAMES
-    OUTPUT_TOOLTIPS = inputs.OUTPUT_TOOLTIPS
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -119,24 +119,14 @@ class UCEEraseConcepts:
             }
         }
 
+    build_request = staticmethod(erase_request)
+
     @classmethod
-    def VALIDATE_INPUTS(
-        cls, concepts, guide, preserve, concept_type, expand_prompts, erase_scale, preserve_scale, lamb,
-        token_mode, projections, strength,
-    ):
-        return inputs.validation_result(erase_request, dict(
-            concepts=concepts, guide=guide, preserve=preserve, concept_type=concept_type,
-            expand_prompts=expand_prompts, erase_scale=erase_scale, preserve_scale=preserve_scale, lamb=lamb,
-            token_mode=token_mode, projections=projections, strength=strength,
-        ))
-
-    def erase(self, model, clip, **values):
-        plan, settings = erase_request(**values)
-        edited, report = run_edit(model, clip, plan, settings)
-        return edited, report.text()
+    def VALIDATE_INPUTS(cls, concepts, guide):
+        return inputs.validation_result(erase_texts, dict(concepts=concepts, guide=guide))
 
 
-class UCEModerate:
+class UCEModerate(UCENode):
     """Moderate unsafe concepts: erase them toward the unconditional prompt, preserving the unconditional prompt."""
 
     DESCRIPTION = (
@@ -144,11 +134,6 @@ class UCEModerate:
         "prompt with a closed-form edit of cross-attention keys/values, keeping the unconditional prompt itself "
         "(and any prompts you add) unchanged. Outputs a patched copy of the model and a report."
     )
-    CATEGORY = inputs.CATEGORY
-    FUNCTION = "moderate"
-    RETURN_TYPES = inputs.OUTPUTS
-    RETURN_NAMES = inputs.OUTPUT_NAMES
-    OUTPUT_TOOLTIPS = inputs.OUTPUT_TOOLTIPS
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -166,14 +151,8 @@ class UCEModerate:
             }
         }
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, concepts, preserve, erase_scale, preserve_scale, lamb, token_mode, projections, strength):
-        return inputs.validation_result(moderate_request, dict(
-            concepts=concepts, preserve=preserve, erase_scale=erase_scale, preserve_scale=preserve_scale,
-            lamb=lamb, token_mode=token_mode, projections=projections, strength=strength,
-        ))
+    build_request = staticmethod(moderate_request)
 
-    def moderate(self, model, clip, **values):
-        plan, settings = moderate_request(**values)
-        edited, report = run_edit(model, clip, plan, settings)
-        return edited, report.text()
+    @classmethod
+    def VALIDATE_INPUTS(cls, concepts):
+        return inputs.validation_result(erase_texts, dict(concepts=concepts))

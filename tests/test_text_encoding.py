@@ -84,8 +84,8 @@ def test_repeated_edit_encodes_nothing_again(pack, sd15):
         projections="keys+values", strength=1.0,
     )
     with torch.inference_mode():
-        node.erase(model, clip, **values)
+        node.edit(model, clip, **values)
         misses = cache.misses
-        _, report = node.erase(model, clip, **{**values, "erase_scale": 2.0})  # a tweak of the same edit
+        _, report = node.edit(model, clip, **{**values, "erase_scale": 2.0})  # a tweak of the same edit
     assert cache.misses == misses
     assert "preserve: 3 prompts, 231 rows" in report
