@@ -167,7 +167,7 @@ class ComfyServer:
         try:
             self.process = subprocess.Popen(
                 self.command(), cwd=str(self.base_dir), env=env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
             )
         finally:
             log.close()
@@ -317,6 +317,19 @@ def _symlink(link: Path, target: Path) -> None:
             return
         raise FileExistsError(f"{link} exists and does not point at {target}")
     link.symlink_to(target, target_is_directory=target.is_dir())
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: have Linux SIGKILL it when the process that started it dies
+    (even by SIGKILL, when no `finally` runs), so that no server outlives its test run."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
 
 
 def _signal_group(pid: int, sig: int) -> None:
