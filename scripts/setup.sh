@@ -23,7 +23,8 @@ COMFYUI_PACKAGES=(
   "safetensors>=0.4.2" "aiohttp>=3.11.8" "yarl>=1.18.0" pyyaml Pillow scipy tqdm psutil
   alembic SQLAlchemy "av>=14.2.0" "pydantic~=2.0" "pydantic-settings~=2.0" requests
 )
-DEV_PACKAGES=(pytest)
+# Dev tools; the frontend is the version ComfyUI 0.3.75's requirements.txt pins (browser tests, demo UI).
+DEV_PACKAGES=(pytest "comfyui-frontend-package==1.32.9")
 
 FETCH_TMP=""
 cleanup() { [[ -z "$FETCH_TMP" ]] || rm -rf "$FETCH_TMP"; }
