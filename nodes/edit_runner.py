@@ -73,6 +73,7 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
     keys = model_weights.cross_attention_keys(model, settings.projections)
     width = model_weights.input_width(model, keys)
     edit_texts = list(dict.fromkeys(plan.texts()))
+    _check_clip_width(clip, width, model)
     text_rows.check_prompts(clip, edit_texts + settings.preserve)  # a too-long prompt fails before any encoding
 
     progress = comfy.utils.ProgressBar(len(edit_texts) + len(settings.preserve) + len(keys))
@@ -84,7 +85,6 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
 
         return report_progress
 
-    _check_clip_width(clip, edit_texts[0], width, model)
     encoded = text_rows.encode_prompts(clip, edit_texts, progress=step(0))
     device = comfy.model_management.get_torch_device()
     edit = plan.build(encoded, settings.token_mode).to(device)
@@ -131,14 +131,12 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
     return edited, report
 
 
-def _check_clip_width(clip, text: str, width: int, model) -> None:
-    """Encode one prompt (it is cached for the real pass) and compare its width with the MODEL's."""
-    clip_width = text_rows.encode_prompts(clip, [text])[text].rows.shape[1]
+def _check_clip_width(clip, width: int, model) -> None:
+    """Compare the CLIP's conditioning width with the width the MODEL's cross-attention reads."""
+    clip_width = text_rows.conditioning_width(clip)
     if clip_width != width:
         raise ValueError(
             f"the CLIP gives {clip_width}-wide text conditioning but this {model_weights.model_family(model)} MODEL's "
             f"cross-attention expects {width}: the CLIP does not match the MODEL (for example an SD1.5 CLIP "
             "wired into an SDXL model); connect the CLIP loaded with this MODEL"
         )
-
-

@@ -41,6 +41,25 @@ def last_token_slot(clip, text: str, tokens: dict) -> int:
     return next(iter(slots.values()))
 
 
+_widths: dict = {}
+
+
+def conditioning_width(clip) -> int:
+    """Width of the CLIP's conditioning rows (768 SD1.x, 1024 SD2.x, 2048 SDXL …), from one encoder pass.
+
+    Does not depend on the tokenizers agreeing, so a CLIP of another family is
+    reported by its width rather than by a tokenizer error. Remembered per encoder.
+    """
+    key = encoder_key(clip)
+    if key not in _widths:
+        cond = clip.encode_from_tokens(clip.tokenize(""), return_dict=True)["cond"]
+        width = cond.shape[-1]
+        if key is None:
+            return width
+        _widths[key] = width
+    return _widths[key]
+
+
 def check_prompts(clip, texts: Sequence[str], cache: Optional[RowCache] = ROW_CACHE) -> None:
     """Raise PromptTooLongError for a prompt over one chunk, before anything is encoded.
 
