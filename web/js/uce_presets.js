@@ -1,7 +1,7 @@
 // UCE Erase Concepts: when the concept type changes, follow its default guide
 // (art -> "art", object/custom -> "" = unconditional) unless the user typed their own.
 // The defaults come from the node definition (Python is the single source of truth).
-import { app } from "../../scripts/app.js";
+import { app } from "../../../scripts/app.js";
 
 app.registerExtension({
   name: "uce.conceptTypePresets",
