@@ -18,12 +18,9 @@ def debias_texts(professions: str, attributes: str, attribute_weights: str):
     attribute_list = presets.lines(attributes)
     if len(attribute_list) < 2:
         raise ValueError("write at least two attributes, one per line (e.g. male and female)")
-    weight_lines = presets.lines(attribute_weights)
-    if len(weight_lines) not in (1, len(profession_list)):
-        raise ValueError(
-            f"attribute_weights has {len(weight_lines)} lines but there are {len(profession_list)} professions: "
-            "give one line for all professions or one line per profession"
-        )
+    weight_lines = presets.one_or_each(
+        presets.lines(attribute_weights), len(profession_list), "attribute_weights", "professions"
+    )
     weights = [presets.parse_numbers(line, "attribute_weights") for line in weight_lines]
     for row in weights:
         if len(row) != len(attribute_list):
@@ -33,7 +30,7 @@ def debias_texts(professions: str, attributes: str, attribute_weights: str):
             )
         if not all(math.isfinite(w) for w in row):
             raise ValueError(f"attribute_weights must be finite numbers, got {row}")
-    return profession_list, attribute_list, weights * len(profession_list) if len(weights) == 1 else weights
+    return profession_list, attribute_list, weights
 
 
 def debias_request(

@@ -18,13 +18,7 @@ def erase_texts(concepts: str, guide: str = "") -> tuple[list[str], list[str]]:
     concept_list = presets.lines(concepts)
     if not concept_list:
         raise ValueError("no concepts: write at least one concept to erase, one per line")
-    guides = presets.guide_lines(guide)
-    if len(guides) not in (1, len(concept_list)):
-        raise ValueError(
-            f"guide has {len(guides)} lines but there are {len(concept_list)} concepts: "
-            "give one guide for all concepts or one per concept (an empty guide is the unconditional prompt)"
-        )
-    return concept_list, guides * len(concept_list) if len(guides) == 1 else guides
+    return concept_list, presets.one_or_each(presets.guide_lines(guide), len(concept_list), "guide", "concepts")
 
 
 def erase_request(

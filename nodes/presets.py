@@ -74,6 +74,16 @@ def without(items: list[str], removed: list[str]) -> list[str]:
     return [item for item in dict.fromkeys(items) if not names_removed(item)]
 
 
+def one_or_each(values: list, count: int, what: str, items: str) -> list:
+    """One value per item: a single value is shared by all ``count`` items, else there must be one each."""
+    if len(values) not in (1, count):
+        raise ValueError(
+            f"{what} has {len(values)} lines but there are {count} {items}: "
+            f"give one line for all {items} or one line per {items.rstrip('s')}"
+        )
+    return values * count if len(values) == 1 else values
+
+
 def parse_numbers(text: str, what: str) -> list[float]:
     """Numbers separated by commas, spaces or new lines."""
     parts = text.replace(",", " ").split()
