@@ -1,0 +1,217 @@
+"""UCE benchmark: prints a markdown table and writes results.md, results.json and bench.png.
+
+    bench/run.sh                       # the one command (sets up .venv and ComfyUI first)
+    .venv/bin/python bench/run.py [--smoke] [--out out/bench] [--device cpu|cuda] [--only solver,e2e,encoding]
+
+Cases (issue 3): the solver alone on SD1.5 / SDXL K/V shapes (1 to 1,000 erased concepts, with and
+without the paper's preserve list) beside the naive per-layer reference and a naive GEMM baseline;
+end to end through ComfyUI in-process on the tiny checkpoint (first and repeated run); batched vs
+one-by-one text encoding. ``--smoke`` runs the same code paths on tiny sizes in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import shlex
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+# Idle OpenMP threads must sleep, not spin, on a shared machine; must precede `import torch`.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+# Python put bench/ first on sys.path; ComfyUI's top-level modules must not meet ours there.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
+sys.path.insert(0, str(REPO_ROOT / "devtools"))  # uce_devtools; never the repository root itself
+
+import torch  # noqa: E402
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location(
+        "uce_bench", BENCH_DIR / "__init__.py", submodule_search_locations=[str(BENCH_DIR)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["uce_bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_load_bench()
+from uce_bench import report, shapes, solver_cases  # noqa: E402
+
+PARTS = ("solver", "e2e", "encoding")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, same code paths, seconds (CI)")
+    parser.add_argument("--out", default=str(REPO_ROOT / "out" / "bench"), help="output folder (default out/bench)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available, else cpu)")
+    parser.add_argument("--only", default=",".join(PARTS), help="comma list of parts: solver,e2e,encoding")
+    parser.add_argument("--models", default="sd15,sdxl", help="solver cases: comma list of sd15,sdxl")
+    parser.add_argument("--concepts", default="1,10,100,1000", help="solver cases: erased concept counts")
+    parser.add_argument(
+        "--layer-seconds",
+        type=float,
+        default=None,
+        help="most seconds one baseline layer may take before prompts/rows are subsampled (default 4 CPU, 2 GPU)",
+    )
+    parser.add_argument(
+        "--rest-seconds",
+        type=float,
+        default=None,
+        help="run a baseline on all layers when the remaining layers are estimated under this (default 10)",
+    )
+    parser.add_argument(
+        "--reference-full-layer",
+        default="",
+        metavar="MODEL:CONCEPTS,...",
+        help="for these solver cases (e.g. SD1.5:100), where the reference was subsampled, also run it on all "
+        "prompts for the narrowest layer, for a measured fast-vs-reference difference (minutes each)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of quick cases (median)")
+    parser.add_argument(
+        "--e2e-paper",
+        action="store_true",
+        help="also run the paper's 100-artist case end to end (100 artists + 1,634 preserve prompts; slow on CPU)",
+    )
+    parser.add_argument("--encode-prompts", type=int, default=200, help="prompts of the encoding case")
+    return parser.parse_args(argv)
+
+
+def solver_plan(args) -> list:
+    if args.smoke:
+        tiny = shapes.tiny()
+        return [
+            solver_cases.SolverCase(tiny, 2, False),
+            solver_cases.SolverCase(tiny, 2, True, preserve_override=5),
+            solver_cases.SolverCase(shapes.tiny("tiny", 64, (32, 48)), 1, False, mode="last_token", baselines=False),
+        ]
+    models = {"sd15": shapes.SD15, "sdxl": shapes.SDXL}
+    plan = []
+    for name in args.models.split(","):
+        model = models[name.strip().lower()]
+        for n in (int(x) for x in args.concepts.split(",")):
+            plan += [solver_cases.SolverCase(model, n, False), solver_cases.SolverCase(model, n, True)]
+        if model is shapes.SDXL:
+            plan.append(solver_cases.SolverCase(model, 1, False, mode="last_token", baselines=False))
+    return plan
+
+
+def log(message: str, started: float) -> None:
+    print(f"[bench {time.perf_counter() - started:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print("--device cuda asked for, but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    parts = {p.strip() for p in args.only.split(",") if p.strip()}
+    unknown = parts - set(PARTS)
+    if unknown:
+        print(f"unknown parts {sorted(unknown)}; expected {', '.join(PARTS)}", file=sys.stderr)
+        return 2
+    on_gpu = device.startswith("cuda")
+    layer_seconds = (
+        args.layer_seconds if args.layer_seconds is not None else (0.3 if args.smoke else 2 if on_gpu else 4)
+    )
+    rest_seconds = args.rest_seconds if args.rest_seconds is not None else (1 if args.smoke else 10)
+    full_layer = set()
+    for item in filter(None, (x.strip() for x in args.reference_full_layer.split(","))):
+        model, _, concepts = item.rpartition(":")
+        full_layer.add((model, int(concepts)))
+    budget = solver_cases.Budget(layer_seconds, rest_seconds, args.repeats, frozenset(full_layer))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    results = {
+        "smoke": args.smoke,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(shlex.quote(a) for a in ["bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": report.machine(device),
+        "budget": {
+            "layer_seconds": layer_seconds,
+            "rest_seconds": rest_seconds,
+            "repeats": args.repeats,
+            "reference_full_layer": sorted(f"{m}:{c}" for m, c in full_layer),
+        },
+        "solver": [],
+        "e2e": [],
+        "encoding": None,
+    }
+
+    if "solver" in parts:
+        from uce_devtools import comfy_env
+
+        solver = comfy_env.load_solver()
+        pools: dict = {}
+        for case in solver_plan(args):
+            log(f"solver: {case.name}", started)
+            with torch.inference_mode():
+                results["solver"].append(solver_cases.run_case(solver, case, device, budget, pools))
+            gc.collect()
+        pools.clear()
+        gc.collect()
+        if on_gpu:
+            torch.cuda.empty_cache()
+
+    if parts & {"e2e", "encoding"}:
+        results["e2e"], results["encoding"] = comfy_parts(args, parts, device, started)
+
+    results["wall_seconds"] = time.perf_counter() - started
+    note = report.plot(results, out / "bench.png")
+    results["plot_note"] = note
+    text = report.markdown(results)
+    (out / "results.md").write_text(text, encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    print(text)
+    log(f"wrote {out / 'results.md'}, results.json{'' if note else ', bench.png'}", started)
+    return 0
+
+
+def comfy_parts(args, parts, device, started):
+    """End-to-end and encoding cases; each reports 'skipped' with the reason when ComfyUI is unavailable."""
+    from uce_bench import comfy_cases, e2e_cases, encoding_cases
+
+    e2e_plan = [(2, 5)] if args.smoke else [(10, 200)]
+    if args.e2e_paper and not args.smoke:
+        e2e_plan.append((100, None))
+    encode_count = 4 if args.smoke else args.encode_prompts
+    try:
+        log("loading ComfyUI and the tiny SD1.5 checkpoint", started)
+        comfy = comfy_cases.load(device)
+    except Exception as error:  # noqa: BLE001 - any failure to set up ComfyUI means: skip, say why
+        reason = f"ComfyUI unavailable ({type(error).__name__}: {error})".replace("\n", " ")
+        log(reason, started)
+        e2e = [{"case": f"{a} artists", "skipped": reason} for a, _ in e2e_plan] if "e2e" in parts else []
+        return e2e, ({"skipped": reason} if "encoding" in parts else None)
+    e2e, encoding = [], None
+    if "e2e" in parts:
+        for artists, preserve in e2e_plan:
+            log(f"e2e: {artists} artists, {'all' if preserve is None else preserve} preserve prompts", started)
+            try:
+                e2e.append(e2e_cases.run_case(comfy, artists, preserve))
+            except Exception as error:  # noqa: BLE001
+                traceback.print_exc()
+                e2e.append({"case": f"{artists} artists", "skipped": f"failed: {type(error).__name__}: {error}"})
+    if "encoding" in parts:
+        log(f"encoding: {encode_count} prompts, batched vs one by one", started)
+        repeats = 1 if (device == "cpu" and not args.smoke) else args.repeats
+        encoding = encoding_cases.run_case(comfy, encode_count, device, repeats)
+    return e2e, encoding
+
+
+if __name__ == "__main__":
+    sys.exit(main())
