@@ -1,0 +1,55 @@
+"""The benchmark's smoke run (bench/run.py --smoke): same code paths as the full run, tiny sizes, no thresholds.
+
+This is how CI keeps the benchmark from rotting; the real numbers come from bench/run.sh.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+EXPECTED = [
+    "### Targets",
+    "| Target | measured | status |",
+    "| Case | edit rows | preserve rows | fast (f64 Gram) | fast (f32 Gram) | naive GEMM per layer | naive reference |",
+    "| Case | fast f64 vs exact f64 | fast f32-Gram vs exact f64 | fast vs reference |",
+    "### Patch memory",
+    "### End to end in ComfyUI",
+    "| Run | encode | solve | measure | patch | total | patch bytes |",
+    "| Prompts | batched (batch 64) | one by one | speed-up | largest abs. difference |",
+]
+
+
+def test_benchmark_smoke_run_writes_its_tables_and_plot(tmp_path):
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "run.py"), "--smoke", "--device", "cpu", "--out", str(tmp_path)],
+        check=False,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    markdown = (tmp_path / "results.md").read_text(encoding="utf-8")
+    for expected in EXPECTED:
+        assert expected in markdown, f"{expected!r} missing from results.md:\n{markdown}"
+    assert "skipped" not in markdown  # the ComfyUI cases really ran
+    assert markdown in proc.stdout  # the table is printed too
+
+    results = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert results["smoke"] and results["machine"]["cpu"]
+    assert len(results["solver"]) == 3 and results["e2e"] and results["encoding"]["prompts"] == 4
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert "plot skipped: matplotlib is not installed" in markdown
