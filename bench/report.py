@@ -203,6 +203,23 @@ def solver_tables(cases: list[dict]) -> str:
     )
 
 
+def extrapolation_checks(cases: list[dict]) -> str:
+    """Where the reference also ran on all rows of one layer: measured vs what the subsample predicted."""
+    lines = []
+    for c in cases:
+        full = c.get("reference", {}).get("full_layer")
+        if full:
+            lines.append(
+                f"- {c['case']}: the reference on all {c['concepts']:,} edit + {c['preserve_prompts']:,} preserve "
+                f"prompts of one d_out {full['d_out']} layer took {seconds(full['seconds'])}; extrapolated from "
+                f"the subsample: {seconds(full['extrapolated_seconds'])} "
+                f"({100 * (full['extrapolated_seconds'] / full['seconds'] - 1):+.0f} %)"
+            )
+    if not lines:
+        return ""
+    return "### Extrapolation check\n\n" + "\n".join(lines)
+
+
 def patch_table(cases: list[dict]) -> str:
     rows = []
     for c in cases:
@@ -416,6 +433,9 @@ def markdown(results: dict) -> str:
     ]
     if results["solver"]:
         parts.append(solver_tables(results["solver"]))
+        check = extrapolation_checks(results["solver"])
+        if check:
+            parts.append(check)
         table = patch_table(results["solver"])
         if table:
             parts.append(table)

@@ -250,14 +250,11 @@ def _gemm_baseline(data: Inputs, case: SolverCase, device, budget: Budget, solut
             total += seconds
             diffs.append(_diff_pair(delta, solution.deltas[key].dense(), exact.delta(data.weights[key])))
         return _baseline_result(total, case.shapes.count, case.shapes.count, False, diffs, "")
-    return _baseline_result(
-        estimate_all,
-        len(done),
-        case.shapes.count,
-        subsampled,
-        diffs,
-        "rows subsampled" if subsampled else "",
+    result = _baseline_result(
+        estimate_all, len(done), case.shapes.count, subsampled, diffs, "rows subsampled" if subsampled else ""
     )
+    result["layer_estimates"] = {str(d): t for d, t in per_class.items()}
+    return result
 
 
 def _reference_baseline(data: Inputs, case: SolverCase, device, budget: Budget, solution, exact) -> dict:
@@ -285,7 +282,7 @@ def _reference_baseline(data: Inputs, case: SolverCase, device, budget: Budget, 
             diffs.append(_diff_pair(delta, solution.deltas[key].dense(), exact.delta(data.weights[key])))
     full_layer = None
     if subsampled and (case.shapes.name, case.concepts) in budget.full_reference_layer:
-        full_layer = _full_reference_layer(data, case, solution, exact)
+        full_layer = _full_reference_layer(data, case, solution, exact, per_class)
     estimate_all = sum(per_class[d] * count for d, count in case.shapes.classes().items())
     done = case.shapes.representatives()
     if not subsampled and estimate_all - measured <= budget.rest_seconds:
@@ -299,11 +296,12 @@ def _reference_baseline(data: Inputs, case: SolverCase, device, budget: Budget, 
             diffs.append(_diff_pair(delta, solution.deltas[key].dense(), exact.delta(data.weights[key])))
         return _baseline_result(total, case.shapes.count, case.shapes.count, False, diffs, "")
     result = _baseline_result(estimate_all, len(done), case.shapes.count, subsampled, diffs, "; ".join(notes))
+    result["layer_estimates"] = {str(d): t for d, t in per_class.items()}
     result["full_layer"] = full_layer
     return result
 
 
-def _full_reference_layer(data: Inputs, case: SolverCase, solution, exact) -> dict:
+def _full_reference_layer(data: Inputs, case: SolverCase, solution, exact, estimates: dict) -> dict:
     """The reference on every prompt for the narrowest layer: a measured, not extrapolated, comparison."""
     sc = data.scales
     key = min(case.shapes.representatives(), key=case.shapes.d_out)
@@ -316,6 +314,7 @@ def _full_reference_layer(data: Inputs, case: SolverCase, solution, exact) -> di
         "key": key,
         "d_out": case.shapes.d_out(key),
         "seconds": timing.edit_seconds + timing.preserve_seconds + timing.fixed_seconds,
+        "extrapolated_seconds": estimates[case.shapes.d_out(key)],  # what the subsample predicted
         "fast_vs_reference": fast_vs_ref,
         "reference_vs_exact": ref_vs_exact,
     }
