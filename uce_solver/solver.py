@@ -127,9 +127,13 @@ def solve(
     dtype = torch.float64 if edit.inputs.dtype == torch.float64 else torch.float32
 
     preserved = _preserve_gram(preserve, edit.width, device)
-    need_map = any(not prefers_low_rank(edit.count, *shape) for shape in shapes.values())
-    down, direction_map = _shared_factors(edit, preserved.gram, scales, need_map)
-    down_c = down.to(dtype)
+    low_rank = {key: prefers_low_rank(edit.count, *shape) for key, shape in shapes.items()}
+    replacing = isinstance(edit.targets, GuideTargets)
+    need_dense = not all(low_rank.values())
+    down, direction_map = _shared_factors(
+        edit, preserved.gram, scales, need_down=any(low_rank.values()) or not replacing, need_map=replacing and need_dense
+    )
+    down_c = None if down is None else down.to(dtype)
     map_c = None if direction_map is None else direction_map.to(dtype)
 
     deltas: dict[str, Delta] = {}
@@ -137,12 +141,11 @@ def solve(
     for group in _layer_groups(keys, shapes, edit.count):
         stacked = torch.cat([weights[k].to(device, dtype) for k in group])
         bounds = _bounds([shapes[k][0] for k in group])
-        low_rank = [prefers_low_rank(edit.count, *shapes[k]) for k in group]
         residual = None
-        if any(low_rank) or map_c is None:
+        if map_c is None or any(low_rank[k] for k in group):
             residual = edit.targets.residual(edit.inputs, stacked, bounds)
-        for key, (start, end), use_low_rank in zip(group, bounds, low_rank):
-            if use_low_rank:
+        for key, (start, end) in zip(group, bounds):
+            if low_rank[key]:
                 delta: Delta = LowRankDelta(residual[:, start:end].T.contiguous(), down_c)
             elif map_c is not None:
                 delta = DenseDelta(stacked[start:end] @ map_c)
@@ -159,11 +162,17 @@ def solve(
     )
 
 
-def _shared_factors(edit: EditRows, preserve_sum: torch.Tensor, scales: Scales, need_map: bool):
-    """``down = s_e C^T M^-1`` ([m, d], float64) and, for replacement erasing, A = (G - C)^T down."""
+def _shared_factors(edit: EditRows, preserve_sum: torch.Tensor, scales: Scales, need_down: bool, need_map: bool):
+    """The layer-independent factors, in float64, from one Cholesky factorisation of M.
+
+    ``down = s_e C^T M^-1`` ([m, d]) for low-rank and generic dense updates, and for
+    replacement erasing A = (G - C)^T down = s_e ((G - C)^T C) M^-1 ([d, d]),
+    computed with d right-hand sides instead of m (cheaper when m > d).
+    """
     inputs = edit.inputs.to(torch.float64)
+    edit_gram = inputs.T @ inputs
     m_matrix = scales.preserve * preserve_sum.to(inputs.device)
-    m_matrix.addmm_(inputs.T, inputs, alpha=scales.erase)
+    m_matrix.add_(edit_gram, alpha=scales.erase)
     m_matrix.diagonal().add_(scales.lamb)
     factor, info = torch.linalg.cholesky_ex(m_matrix)
     if info.item() != 0:
@@ -171,12 +180,15 @@ def _shared_factors(edit: EditRows, preserve_sum: torch.Tensor, scales: Scales, 
             "the normal matrix M = lamb I + s_e CC^T + s_p PP^T is not positive definite; "
             "check that lamb > 0 and the text rows are finite"
         )
-    down = torch.cholesky_solve(inputs.T.contiguous(), factor).T.mul_(scales.erase)
-    if not torch.isfinite(down).all():
-        raise NonFiniteEditError("solving with M gave NaN or infinite values")
-    direction_map = None
-    if need_map and isinstance(edit.targets, GuideTargets):
-        direction_map = (edit.targets.guide_rows.to(torch.float64) - inputs).T @ down
+    down = direction_map = None
+    if need_down:
+        down = torch.cholesky_solve(inputs.T.contiguous(), factor).T.mul_(scales.erase)
+    if need_map:
+        cross = edit.targets.guide_rows.to(torch.float64).T @ inputs - edit_gram  # (G - C)^T C
+        direction_map = torch.cholesky_solve(cross.T.contiguous(), factor).T.mul_(scales.erase)
+    for name, factor_matrix in (("down", down), ("A", direction_map)):
+        if factor_matrix is not None and not torch.isfinite(factor_matrix).all():
+            raise NonFiniteEditError(f"solving with M gave NaN or infinite values ({name})")
     return down, direction_map
 
 
