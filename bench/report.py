@@ -488,7 +488,7 @@ def plot(results: dict, path: Path) -> Optional[str]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "plot skipped: matplotlib is not installed (bench/run.sh installs it)"
+        return "plot skipped: matplotlib is not installed (scripts/setup.sh installs it)"
     cases = [c for c in results["solver"] if "reference" in c]
     e2e = [c for c in results.get("e2e", []) if "skipped" not in c]
     panels = 1 + bool(e2e)

