@@ -62,7 +62,8 @@ def without(items: list[str], removed: list[str]) -> list[str]:
     words, ignoring case: erasing "Van Gogh" drops "Vincent van Gogh" too, so the
     edit never tries to preserve what it erases. The empty prompt always stays.
     """
-    patterns = [re.compile(rf"(?<!\w){re.escape(r.lower())}(?!\w)") for r in removed if r.strip()]
+    removed = [r for r in removed if r.strip()]
+    patterns = [re.compile(rf"(?<!\w){re.escape(r.lower())}(?!\w)") for r in removed]
 
     def names_removed(item: str) -> bool:
         lowered = item.lower()

@@ -51,6 +51,7 @@ def test_removing_erased_concepts_matches_whole_words_both_ways(nodes):
     assert without(["Vincent van Gogh", "Vangoghian", "", "Claude Monet"], ["Van Gogh"]) == ["Vangoghian", "", "Claude Monet"]
     assert without(["Van Gogh", "Monet"], ["Vincent van Gogh"]) == ["Monet"]
     assert without(["race car", "cartoon", "car", "Car"], ["car"]) == ["cartoon"]
+    assert without(["Van Gogh", "Monet"], ["  ", "Vincent van Gogh"]) == ["Monet"]  # a blank removed entry is ignored
 
 
 def test_moderate_is_erasing_toward_the_unconditional_prompt(nodes):
