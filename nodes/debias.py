@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-from .. import uce_solver
 from . import inputs, presets
 from .edit_runner import DebiasPlan, EditSettings
 from .node_base import UCENode
@@ -55,15 +54,15 @@ def debias_request(
             items.append((template.format(profession), [template.format(a) for a in attribute_list]))
             item_weights.append(row)
 
-    if preserve_scale < 0:
-        preserve_scale = 0.1  # automatic: the paper's value for debiasing
-    preserve_list = presets.lines(preserve) or list(presets.shipped_list("professions.txt"))
-    preserve_list = presets.without(preserve_list + [""], profession_list)
-    settings = EditSettings(
-        preserve=preserve_list,
+    settings = EditSettings.from_widgets(
+        presets.lines(preserve) or list(presets.shipped_list("professions.txt")),
+        profession_list,
+        lambda count: 0.1,  # the paper's value for debiasing
+        erase_scale=erase_scale,
+        preserve_scale=preserve_scale,
+        lamb=lamb,
         token_mode=token_mode,
         projections=projections,
-        scales=uce_solver.Scales(erase=erase_scale, preserve=preserve_scale, lamb=lamb),
         strength=strength,
     )
     return DebiasPlan(items, item_weights), settings

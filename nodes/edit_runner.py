@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Callable, Union
 
 import comfy.model_management
 import comfy.utils
 
 from .. import uce_solver
-from . import model_weights, text_rows
+from . import model_weights, presets, text_rows
 from .preserve_set import preserve_set
 from .report import EditReport
 
@@ -65,6 +65,31 @@ class EditSettings:
                 f"unknown projections {self.projections!r}; expected one of {', '.join(model_weights.PROJECTIONS)}"
             )
         self.scales.check()
+
+    @classmethod
+    def from_widgets(
+        cls,
+        preserve: list[str],
+        edited: list[str],
+        auto_preserve_scale: Callable[[int], float],
+        erase_scale: float,
+        preserve_scale: float,
+        lamb: float,
+        **rest,
+    ) -> "EditSettings":
+        """Settings from a node's widgets.
+
+        The unconditional prompt is always preserved and nothing edited ever is; a negative
+        ``preserve_scale`` means automatic: ``auto_preserve_scale(number of preserve prompts)``.
+        """
+        preserve = presets.without(preserve + [""], edited)
+        if preserve_scale < 0:
+            preserve_scale = auto_preserve_scale(len(preserve))
+        return cls(
+            preserve=preserve,
+            scales=uce_solver.Scales(erase=erase_scale, preserve=preserve_scale, lamb=lamb),
+            **rest,
+        )
 
 
 def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, EditReport]:

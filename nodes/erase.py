@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .. import uce_solver
 from . import inputs, presets
 from .edit_runner import EditSettings, ErasePlan
 from .node_base import UCENode
@@ -46,14 +45,15 @@ def erase_request(
     preserve_list = presets.lines(preserve)
     if not preserve_list and preset.preserve_list:
         preserve_list = list(presets.shipped_list(preset.preserve_list))
-    preserve_list = presets.without(preserve_list + [""], concept_list)
-    if preserve_scale < 0:
-        preserve_scale = max(0.1, 1 / len(preserve_list))
-    settings = EditSettings(
-        preserve=preserve_list,
+    settings = EditSettings.from_widgets(
+        preserve_list,
+        concept_list,
+        lambda count: max(0.1, 1 / count),  # the paper's automatic preserve scale
+        erase_scale=erase_scale,
+        preserve_scale=preserve_scale,
+        lamb=lamb,
         token_mode=token_mode,
         projections=projections,
-        scales=uce_solver.Scales(erase=erase_scale, preserve=preserve_scale, lamb=lamb),
         strength=strength,
     )
     return ErasePlan(pairs, label=label), settings
