@@ -26,7 +26,7 @@ from uce_devtools.server import ComfyServer, artifacts_dir, status_messages
 PACK_NAME = "comfyui-uce"
 WORKFLOW_DIR = REPO_ROOT / "workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
-UCE_CLASSES = ("UCEEraseConcepts", "UCEModerate", "UCEDebias")
+UCE_CLASSES = sorted(wf.UCE_CLASSES)
 TINY_SIZE, TINY_STEPS = 64, 2
 QUICK_ARTISTS = "Claude Monet\nRembrandt\nPablo Picasso\nAndy Warhol"
 QUICK_PROFESSIONS = "teacher\nfarmer\nlawyer"
@@ -96,7 +96,7 @@ def baseline(server, object_info, checkpoint) -> np.ndarray:
     Every test that runs an edit on the server requests this fixture, so it always runs first.
     """
     prompt = artist_prompt(object_info, checkpoint)
-    saves = save_nodes(prompt)
+    saves = wf.saves_by_branch(prompt)
     entry = run_ok(server, wf.prune_to(prompt, [saves["unedited"]]))
     return pixels(server, entry, saves["unedited"])
 
@@ -117,17 +117,6 @@ def derive(path: Path, object_info: dict, checkpoint: Path) -> dict:
 
 def artist_prompt(object_info: dict, checkpoint: Path) -> dict:
     return derive(WORKFLOW_DIR / "uce_erase_artist_style.json", object_info, checkpoint)
-
-
-def save_nodes(prompt: dict) -> dict[str, str]:
-    """SaveImage node ids by branch: 'edited' (its KSampler's model comes from a UCE node) or 'unedited'."""
-    branches = {}
-    for save_id in wf.nodes_of_type(prompt, "SaveImage"):
-        decode = prompt[save_id]["inputs"]["images"][0]
-        sampler = prompt[decode]["inputs"]["samples"][0]
-        model_source = prompt[sampler]["inputs"]["model"][0]
-        branches["edited" if prompt[model_source]["class_type"] in UCE_CLASSES else "unedited"] = save_id
-    return branches
 
 
 def run_ok(server: ComfyServer, prompt: dict, timeout: float = 300) -> dict:
@@ -251,7 +240,7 @@ def test_workflow_runs_through_the_server(path, server, object_info, checkpoint,
         assert report.startswith("UCE ") and "effect at strength" in report, report
 
     if path.stem == "uce_erase_artist_style":
-        saves = save_nodes(prompt)
+        saves = wf.saves_by_branch(prompt)
         edited, unedited = pixels(server, entry, saves["edited"]), pixels(server, entry, saves["unedited"])
         difference = np.abs(edited.astype(int) - unedited.astype(int)).mean()
         assert difference > 1.0, f"the edited and unedited images are (nearly) the same: mean |diff| {difference:.3f}"
@@ -289,7 +278,7 @@ def assert_node_error(body: dict, node_id: str, class_type: str, message: str) -
 
 def uce_outputs(prompt: dict) -> list[str]:
     """The output nodes that depend on the UCE node: the edited branch and the report."""
-    saves = save_nodes(prompt)
+    saves = wf.saves_by_branch(prompt)
     return [saves["edited"], *wf.nodes_of_type(prompt, "PreviewAny")] if "edited" in saves else wf.nodes_of_type(prompt, "PreviewAny")
 
 
@@ -310,7 +299,7 @@ def test_empty_concepts_are_rejected_with_the_node_named(server, object_info, ch
     assert_node_error(body, uce, "UCEEraseConcepts", message)
     entry = server.wait_history(body["prompt_id"])
     assert entry["status"]["status_str"] == "success"
-    assert set(entry["outputs"]) == {save_nodes(prompt)["unedited"]}
+    assert set(entry["outputs"]) == {wf.saves_by_branch(prompt)["unedited"]}
 
 
 @pytest.mark.parametrize(
@@ -350,14 +339,14 @@ def test_clip_that_does_not_match_the_model_is_an_execution_error(server, object
 def test_server_still_runs_a_good_prompt_after_errors(server, object_info, checkpoint, baseline):
     test_clip_that_does_not_match_the_model_is_an_execution_error(server, object_info, checkpoint, baseline)
     prompt = artist_prompt(object_info, checkpoint)
-    saves = save_nodes(prompt)
+    saves = wf.saves_by_branch(prompt)
     run_ok(server, wf.prune_to(prompt, [saves["edited"]]))
 
 
 # -- no leaking of patches between prompts -------------------------------------------------------
 def test_edits_of_one_loaded_model_do_not_leak(server, object_info, checkpoint, baseline):
     prompt = artist_prompt(object_info, checkpoint)
-    saves = save_nodes(prompt)
+    saves = wf.saves_by_branch(prompt)
     (uce,) = wf.nodes_of_type(prompt, "UCEEraseConcepts")
     (loader,) = wf.nodes_of_type(prompt, "CheckpointLoaderSimple")
     sampler_of = {branch: prompt[prompt[save]["inputs"]["images"][0]]["inputs"]["samples"][0] for branch, save in saves.items()}

@@ -117,3 +117,17 @@ def test_prune_fill_and_set_inputs():
     assert wf.fill_empty(prompt, "Text", "value", "filled") == ["3"] and prompt["3"]["inputs"]["value"] == "filled"
     wf.set_inputs(prompt, "Filter", amount=0.25, model="not a link")  # links are never overwritten
     assert prompt["2"]["inputs"] == {"model": ["1", 0], "amount": 0.25}
+
+
+def test_saves_by_branch_follows_each_image_back_to_its_model():
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {}},
+        "2": {"class_type": "UCEEraseConcepts", "inputs": {"model": ["1", 0]}},
+        "3": {"class_type": "KSampler", "inputs": {"model": ["1", 0]}},
+        "4": {"class_type": "KSampler", "inputs": {"model": ["2", 0]}},
+        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0]}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["5", 0]}},
+    }
+    assert wf.saves_by_branch(prompt) == {"edited": "7", "unedited": "8"}

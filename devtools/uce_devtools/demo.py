@@ -35,7 +35,6 @@ from .server import ComfyServer, status_messages
 WORKFLOW = REPO_ROOT / "workflows" / "uce_erase_artist_style.json"
 DEFAULT_OUT = REPO_ROOT / "out" / "demo"
 QUICK_PRESERVE = "Claude Monet\nRembrandt\nPablo Picasso\nAndy Warhol\nSalvador Dali\nFrida Kahlo"
-UCE_CLASSES = ("UCEEraseConcepts", "UCEModerate", "UCEDebias")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -122,22 +121,12 @@ def build_prompt(object_info: dict, ckpt_name: str, width, height, steps, args, 
     return prompt
 
 
-def branches(prompt: dict) -> dict[str, str]:
-    """SaveImage node ids: 'after' (its sampler uses a UCE-edited model) and 'before'."""
-    found = {}
-    for save_id in wf.nodes_of_type(prompt, "SaveImage"):
-        decode = prompt[save_id]["inputs"]["images"][0]
-        sampler = prompt[decode]["inputs"]["samples"][0]
-        model = prompt[sampler]["inputs"]["model"][0]
-        found["after" if prompt[model]["class_type"] in UCE_CLASSES else "before"] = save_id
-    return found
-
-
 def write_results(server: ComfyServer, prompt: dict, entry: dict, out: Path, tiny: bool) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
     images = {}
-    for name, save_id in branches(prompt).items():
+    for branch, save_id in wf.saves_by_branch(prompt).items():
+        name = "after" if branch == "edited" else "before"
         files = server.output_files(entry, save_id)
         shutil.copyfile(files[0], out / f"{name}.png")
         images[name] = Image.open(out / f"{name}.png").convert("RGB")

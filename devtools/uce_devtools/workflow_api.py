@@ -31,6 +31,7 @@ CONTROL_AFTER_GENERATE_TYPES = frozenset({"INT", "FLOAT", "COMBO"})
 NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
 REROUTE_TYPES = frozenset({"Reroute"})
 PRIMITIVE_TYPES = frozenset({"PrimitiveNode"})
+UCE_CLASSES = frozenset({"UCEEraseConcepts", "UCEModerate", "UCEDebias"})
 MODE_MUTED = 2
 MODE_BYPASSED = 4
 
@@ -160,6 +161,17 @@ def to_api_prompt(workflow: Mapping[str, Any], object_info: Mapping[str, Any]) -
 def nodes_of_type(prompt: Mapping[str, Mapping[str, Any]], class_type: str) -> list[str]:
     """Ids of the API prompt's nodes of `class_type`, in id order."""
     return sorted((node_id for node_id, node in prompt.items() if node["class_type"] == class_type), key=_id_key)
+
+
+def saves_by_branch(prompt: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """SaveImage node ids by branch: 'edited' (its sampler's model comes from a UCE node) or 'unedited'."""
+    branches = {}
+    for save_id in nodes_of_type(prompt, "SaveImage"):
+        decode = prompt[save_id]["inputs"]["images"][0]
+        sampler = prompt[decode]["inputs"]["samples"][0]
+        model_source = prompt[sampler]["inputs"]["model"][0]
+        branches["edited" if prompt[model_source]["class_type"] in UCE_CLASSES else "unedited"] = save_id
+    return branches
 
 
 def set_inputs(prompt: dict, class_type: str, **values: Any) -> dict:
