@@ -62,28 +62,20 @@ def reference_layer(
     w0 = w0.float()
     mat1 = lamb * w0
     mat2 = lamb * torch.eye(w0.shape[1], device=device, dtype=torch.float32)
+
+    def add_prompt(rows: torch.Tensor, targets: torch.Tensor, scale: float) -> None:
+        # One prompt as the original loop does it: a batch of per-row outer products, summed.
+        mat1.add_(scale * (targets[:, :, None] @ rows[:, None, :]).sum(dim=0))
+        mat2.add_(scale * (rows[:, :, None] @ rows[:, None, :]).sum(dim=0))
+
     sync(device)
     t1 = time.perf_counter()
-    for context, guide in pairs:
-        values = guide @ w0.T  # layer(new_emb)
-        context_vector = context.reshape(context.shape[0], context.shape[1], 1)
-        context_vector_t = context.reshape(context.shape[0], 1, context.shape[1])
-        value_vector = values.reshape(values.shape[0], values.shape[1], 1)
-        for_mat1 = (value_vector @ context_vector_t).sum(dim=0)
-        for_mat2 = (context_vector @ context_vector_t).sum(dim=0)
-        mat1 += erase_scale * for_mat1
-        mat2 += erase_scale * for_mat2
+    for concept_rows, guide_rows in pairs:
+        add_prompt(concept_rows, guide_rows @ w0.T, erase_scale)  # target: this layer's output for the guide
     sync(device)
     t2 = time.perf_counter()
-    for context in preserve:
-        values = context @ w0.T
-        context_vector = context.reshape(context.shape[0], context.shape[1], 1)
-        context_vector_t = context.reshape(context.shape[0], 1, context.shape[1])
-        value_vector = values.reshape(values.shape[0], values.shape[1], 1)
-        for_mat1 = (value_vector @ context_vector_t).sum(dim=0)
-        for_mat2 = (context_vector @ context_vector_t).sum(dim=0)
-        mat1 += preserve_scale * for_mat1
-        mat2 += preserve_scale * for_mat2
+    for rows in preserve:
+        add_prompt(rows, rows @ w0.T, preserve_scale)
     sync(device)
     t3 = time.perf_counter()
     delta = mat1 @ torch.inverse(mat2) - w0
