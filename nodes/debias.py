@@ -38,14 +38,12 @@ def debias_request(
     attribute_weights: str,
     use_templates: bool = True,
     preserve: str = "",
-    erase_scale: float = 1.0,
-    preserve_scale: float = 0.1,
-    lamb: float = 0.5,
-    token_mode: str = "paper",
-    projections: str = "keys+values",
-    strength: float = 1.0,
+    **solver_values,
 ) -> tuple[DebiasPlan, EditSettings]:
-    """Turn the node's widget values into a debias plan; raises ValueError on bad input."""
+    """Turn the node's widget values into a debias plan; raises ValueError on bad input.
+
+    ``solver_values``: the common solver widgets (see ``EditSettings.from_widgets``).
+    """
     profession_list, attribute_list, weights = debias_texts(professions, attributes, attribute_weights)
     templates = presets.DEBIAS_TEMPLATES if use_templates else ("{}",)
     items, item_weights = [], []
@@ -58,12 +56,7 @@ def debias_request(
         presets.lines(preserve) or list(presets.shipped_list("professions.txt")),
         profession_list,
         lambda count: 0.1,  # the paper's value for debiasing
-        erase_scale=erase_scale,
-        preserve_scale=preserve_scale,
-        lamb=lamb,
-        token_mode=token_mode,
-        projections=projections,
-        strength=strength,
+        **solver_values,
     )
     return DebiasPlan(items, item_weights), settings
 

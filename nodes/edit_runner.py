@@ -72,12 +72,12 @@ class EditSettings:
         preserve: list[str],
         edited: list[str],
         auto_preserve_scale: Callable[[int], float],
-        erase_scale: float,
-        preserve_scale: float,
-        lamb: float,
+        erase_scale: float = 1.0,
+        preserve_scale: float = -1.0,
+        lamb: float = 0.5,
         **rest,
     ) -> "EditSettings":
-        """Settings from a node's widgets.
+        """Settings from a node's widgets (``rest``: token_mode, projections, strength).
 
         The unconditional prompt is always preserved and nothing edited ever is; a negative
         ``preserve_scale`` means automatic: ``auto_preserve_scale(number of preserve prompts)``.

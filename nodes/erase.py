@@ -26,15 +26,13 @@ def erase_request(
     preserve: str,
     concept_type: str = "custom",
     expand_prompts: bool = False,
-    erase_scale: float = 1.0,
-    preserve_scale: float = -1.0,
-    lamb: float = 0.5,
-    token_mode: str = "paper",
-    projections: str = "keys+values",
-    strength: float = 1.0,
     label: str = "erase",
+    **solver_values,
 ) -> tuple[ErasePlan, EditSettings]:
-    """Turn the node's widget values into an erase plan; raises ValueError on bad input."""
+    """Turn the node's widget values into an erase plan; raises ValueError on bad input.
+
+    ``solver_values``: the common solver widgets (see ``EditSettings.from_widgets``).
+    """
     concept_list, guides = erase_texts(concepts, guide)
     if concept_type not in presets.CONCEPT_TYPES:
         raise ValueError(f"unknown concept type {concept_type!r}; expected one of {', '.join(presets.CONCEPT_TYPES)}")
@@ -49,12 +47,7 @@ def erase_request(
         preserve_list,
         concept_list,
         lambda count: max(0.1, 1 / count),  # the paper's automatic preserve scale
-        erase_scale=erase_scale,
-        preserve_scale=preserve_scale,
-        lamb=lamb,
-        token_mode=token_mode,
-        projections=projections,
-        strength=strength,
+        **solver_values,
     )
     return ErasePlan(pairs, label=label), settings
 
