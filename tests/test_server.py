@@ -384,10 +384,3 @@ def test_edits_of_one_loaded_model_do_not_leak(server, object_info, checkpoint, 
     for entry in (first, last):
         assert np.array_equal(pixels(server, entry, saves["unedited"]), baseline), "the unedited model changed"
     assert np.abs(image_a.astype(int) - baseline.astype(int)).mean() > 1.0
-
-
-def test_report_timings(server):
-    """Not a check: prints how long each workflow took through the server (also in timings.json)."""
-    print("\nworkflow run times on the tiny model through the server (s):")
-    for name, seconds in TIMINGS.items():
-        print(f"  {name}: {seconds:.2f}")
