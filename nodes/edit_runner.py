@@ -8,6 +8,7 @@ from typing import Callable, Union
 
 import comfy.model_management
 import comfy.utils
+import torch
 
 from .. import uce_solver
 from . import model_weights, presets, text_rows
@@ -111,7 +112,7 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
         return report_progress
 
     encoded = text_rows.encode_prompts(clip, edit_texts, progress=step(0))
-    device = comfy.model_management.get_torch_device()
+    device = _solve_device()
     edit = plan.build(encoded, settings.token_mode).to(device)
     preserved = preserve_set(
         clip, settings.preserve, settings.token_mode, width, device, EFFECT_SAMPLE_ROWS, step(len(edit_texts))
@@ -120,17 +121,22 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
 
     weights = model_weights.EffectiveWeights(model, keys, device)
     solution = uce_solver.solve(
-        weights, edit, preserved.gram, settings.scales, step(len(edit_texts) + len(settings.preserve))
+        weights,
+        edit,
+        preserved.gram,
+        settings.scales,
+        step(len(edit_texts) + len(settings.preserve)),
+        out_device=model.offload_device,
+        out_dtype=model_weights.patch_dtype(model, keys),
     )
+    deltas = solution.deltas
     solved_at = time.perf_counter()
 
+    # Measured on the patches as stored, so the report describes what sampling will use.
     effect = uce_solver.measure_effect(
-        weights, solution.deltas, edit.sample_blocks(EFFECT_SAMPLE_ROWS), preserved.sample, settings.strength
+        weights, deltas, edit.sample_blocks(EFFECT_SAMPLE_ROWS), preserved.sample, settings.strength
     )
     measured_at = time.perf_counter()
-    deltas = uce_solver.move_deltas(
-        solution.deltas, device=model.offload_device, dtype=model_weights.patch_dtype(model, keys)
-    )
     edited = model_weights.patched_clone(model, deltas, settings.strength)
     patched_at = time.perf_counter()
     report = EditReport(
@@ -154,6 +160,20 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
         effect=effect,
     )
     return edited, report
+
+
+def _solve_device() -> torch.device:
+    """ComfyUI's device when it computes in float64 (the Gram and its factorisation need it), else the CPU.
+
+    Apple's MPS, for one, has no float64; there the solve runs on the CPU.
+    """
+    device = comfy.model_management.get_torch_device()
+    try:
+        probe = torch.eye(2, dtype=torch.float64, device=device)
+        torch.linalg.cholesky_ex(probe @ probe)
+    except (TypeError, RuntimeError, NotImplementedError):
+        return torch.device("cpu")
+    return device
 
 
 def _check_clip_width(clip, width: int, model) -> None:

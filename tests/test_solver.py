@@ -170,6 +170,23 @@ def test_low_rank_when_smaller_dense_otherwise(solver):
     assert all(isinstance(d, solver.DenseDelta) for d in many.values())
 
 
+def test_deltas_handed_off_in_the_patch_dtype(solver):
+    """out_dtype: every delta is cast as its group is made (shared down kept shared); fp16 overflow is refused."""
+    gen = torch.Generator().manual_seed(1)
+    weights = {"small": torch.randn(320, 768, generator=gen), "large": torch.randn(1280, 768, generator=gen)}
+    concept = solver.EncodedPrompt("c", torch.randn(SLOTS, 768, generator=gen), 2)
+    guide = solver.EncodedPrompt("", torch.randn(SLOTS, 768, generator=gen), 0)
+    edit = solver.erase_edit([(concept, guide)], "paper")
+    full = solver.solve(weights, edit, None).deltas
+    half = solver.solve(weights, edit, None, out_device="cpu", out_dtype=torch.float16).deltas
+    assert all(t.dtype == torch.float16 for d in half.values() for t in d.tensors())
+    assert half["small"].down is half["large"].down
+    for key in weights:
+        assert torch.equal(half[key].up, full[key].up.half()) and torch.equal(half[key].down, full[key].down.half())
+    with pytest.raises(solver.NonFiniteEditError, match="NaN or infinite"):
+        solver.solve({k: w * 1e6 for k, w in weights.items()}, edit, None, out_dtype=torch.float16)
+
+
 def test_paper_alignment_slices(solver):
     rows = torch.arange(SLOTS, dtype=torch.float64).unsqueeze(1).repeat(1, 4)
     concept = solver.EncodedPrompt("van gogh", rows, 2)

@@ -5,7 +5,7 @@ then :func:`solve` it for every cross-attention K/V weight at once. No ComfyUI
 import anywhere in this package.
 """
 
-from .deltas import Delta, DenseDelta, LowRankDelta, move_deltas, prefers_low_rank, storage_bytes
+from .deltas import Delta, DenseDelta, LowRankDelta, prefers_low_rank, storage_bytes
 from .edits import DebiasTargets, EditRows, GuideTargets, debias_edit, erase_edit
 from .effect import EditEffect, measure_effect
 from .prompts import TOKEN_MODES, EncodedPrompt, aligned_rows, check_token_mode, preserve_rows
@@ -30,7 +30,6 @@ __all__ = [
     "debias_edit",
     "erase_edit",
     "measure_effect",
-    "move_deltas",
     "preserve_rows",
     "prefers_low_rank",
     "solve",

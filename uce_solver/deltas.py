@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Union
+from typing import Iterable, Union
 
 import torch
 
@@ -55,24 +55,6 @@ Delta = Union[LowRankDelta, DenseDelta]
 def prefers_low_rank(rank: int, out_features: int, in_features: int) -> bool:
     """Low-rank storage holds rank * (d_out + d) numbers, dense d_out * d: take the smaller."""
     return rank * (out_features + in_features) < out_features * in_features
-
-
-def move_deltas(deltas: Mapping[str, Delta], device=None, dtype=None) -> dict[str, Delta]:
-    """Move every delta, keeping tensors that were shared (the common ``down``) shared."""
-    moved: dict[int, torch.Tensor] = {}
-
-    def move(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in moved:
-            moved[id(t)] = t.to(device=device, dtype=dtype)
-        return moved[id(t)]
-
-    out: dict[str, Delta] = {}
-    for key, delta in deltas.items():
-        if isinstance(delta, LowRankDelta):
-            out[key] = LowRankDelta(move(delta.up), move(delta.down))
-        else:
-            out[key] = DenseDelta(move(delta.delta))
-    return out
 
 
 def storage_bytes(deltas: Iterable[Delta]) -> int:

@@ -107,6 +107,8 @@ def solve(
     preserve: PreserveRows = None,
     scales: Scales = Scales(),
     progress: Optional[Progress] = None,
+    out_device: Optional[Union[str, torch.device]] = None,
+    out_dtype: Optional[torch.dtype] = None,
 ) -> Solution:
     """Closed-form UCE update for every weight in ``weights`` (key -> W0, [d_out, d]).
 
@@ -114,9 +116,12 @@ def solve(
     group at a time. ``weights`` may be a lazy mapping that computes each
     weight on access: give it a ``shapes`` attribute (key -> (d_out, d)) so
     that planning materialises nothing. Deltas come back in float64 if the edit
-    rows are float64, else float32, low-rank or dense per layer, whichever is
+    rows are float64, else float32 (or ``out_dtype``), low-rank or dense per layer, whichever is
     smaller. ``progress(done, total)`` is called after each layer group (it may
-    raise to interrupt).
+    raise to interrupt). With ``out_device`` / ``out_dtype`` each group's deltas
+    are handed there as soon as they are made (e.g. ComfyUI's offload device in
+    the patch dtype), so the solving device never holds more than one group of
+    them; the finiteness check runs after that cast.
     """
     scales.check()
     shapes = weight_shapes(weights)
@@ -135,6 +140,11 @@ def solve(
     )
     down_c = None if down is None else down.to(dtype)
     map_c = None if direction_map is None else direction_map.to(dtype)
+    out_dtype = out_dtype or dtype
+    down_out = None if down_c is None else down_c.to(device=out_device, dtype=out_dtype)  # shared by every low-rank delta
+
+    def hand_off(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=out_device, dtype=out_dtype)
 
     deltas: dict[str, Delta] = {}
     keys = list(shapes)
@@ -146,11 +156,11 @@ def solve(
             residual = edit.targets.residual(edit.inputs, stacked, bounds)
         for key, (start, end) in zip(group, bounds):
             if low_rank[key]:
-                delta: Delta = LowRankDelta(residual[:, start:end].T.contiguous(), down_c)
+                delta: Delta = LowRankDelta(hand_off(residual[:, start:end].T.contiguous()), down_out)
             elif map_c is not None:
-                delta = DenseDelta(stacked[start:end] @ map_c)
+                delta = DenseDelta(hand_off(stacked[start:end] @ map_c))
             else:
-                delta = DenseDelta(residual[:, start:end].T @ down_c)
+                delta = DenseDelta(hand_off(residual[:, start:end].T @ down_c))
             deltas[key] = delta
         _check_finite(group, deltas)
         if progress is not None:
