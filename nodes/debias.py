@@ -104,7 +104,7 @@ class UCEDebias(UCENode):
                     "Prompts that must not change, one per line. Empty = a built-in list of professions (minus the "
                     "debiased ones). The unconditional prompt is always preserved.",
                 ),
-                **inputs.common_solver_inputs(1.0, 0.1, "Weight s_p of keeping the preserve prompts unchanged (paper: 0.1)."),
+                **inputs.common_solver_inputs(1.0, 0.1, "Weight s_p of keeping the preserve prompts unchanged (paper: 0.1). -1 = automatic (0.1)."),
             }
         }
 

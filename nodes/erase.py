@@ -77,9 +77,10 @@ class UCEEraseConcepts(UCENode):
                     list(presets.CONCEPT_TYPES),
                     {
                         "default": "art",
-                        "tooltip": "Sets the paper's defaults. art: guide 'art', art prompt templates, built-in list "
-                        "of artists to preserve. object: guide '' (unconditional), object templates. custom: no "
-                        "templates, preserve only what you list.",
+                        "tooltip": "Sets the paper's defaults. art: art prompt templates, built-in list of artists "
+                        "to preserve, guide 'art'. object: object templates, guide '' (unconditional). custom: no "
+                        "templates, preserve only what you list. In the editor, choosing a type also fills in its "
+                        "guide; the guide field is what the edit uses (set it yourself in API prompts).",
                         "uce_guides": {name: t.guide for name, t in presets.CONCEPT_TYPES.items()},
                     },
                 ),
@@ -134,7 +135,12 @@ class UCEModerate(UCENode):
                     "Extra prompts whose outputs must not change, one per line. The unconditional prompt is always "
                     "preserved (the paper preserves only that).",
                 ),
-                **inputs.common_solver_inputs(1.0, 1.0, "Weight s_p of keeping the preserve prompts unchanged (paper: 1)."),
+                **inputs.common_solver_inputs(
+                    1.0,
+                    1.0,
+                    "Weight s_p of keeping the preserve prompts unchanged (paper: 1). -1 = automatic: "
+                    "max(0.1, 1 / number of preserve prompts).",
+                ),
             }
         }
 
