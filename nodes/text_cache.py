@@ -17,7 +17,8 @@ from typing import Hashable, Optional
 
 from ..uce_solver import EncodedPrompt
 
-DEFAULT_MAX_BYTES = int(os.environ.get("UCE_TEXT_CACHE_MB", "1024")) * 2**20
+# 2 GiB of float32 rows in RAM: the art preset's ~1,700 artists fit at SDXL's width (77 x 2048 per prompt).
+DEFAULT_MAX_BYTES = int(os.environ.get("UCE_TEXT_CACHE_MB", "2048")) * 2**20
 
 _identities: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
 
