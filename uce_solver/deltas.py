@@ -25,9 +25,6 @@ class LowRankDelta:
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return (self.up, self.down)
 
-    def to(self, device=None, dtype=None) -> "LowRankDelta":
-        return LowRankDelta(self.up.to(device=device, dtype=dtype), self.down.to(device=device, dtype=dtype))
-
 
 @dataclass(frozen=True)
 class DenseDelta:
@@ -44,9 +41,6 @@ class DenseDelta:
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return (self.delta,)
-
-    def to(self, device=None, dtype=None) -> "DenseDelta":
-        return DenseDelta(self.delta.to(device=device, dtype=dtype))
 
 
 Delta = Union[LowRankDelta, DenseDelta]
