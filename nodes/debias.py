@@ -105,7 +105,8 @@ class UCEDebias(UCENode):
                     "debiased ones). The unconditional prompt is always preserved.",
                 ),
                 **inputs.common_solver_inputs(1.0, 0.1, "Weight s_p of keeping the preserve prompts unchanged (paper: 0.1). -1 = automatic (0.1)."),
-            }
+            },
+            "optional": inputs.optional_inputs(),
         }
 
     build_request = staticmethod(debias_request)

@@ -11,9 +11,9 @@ import comfy.utils
 import torch
 
 from .. import uce_solver
-from . import model_weights, presets, text_rows
-from .preserve_set import preserve_set
-from .report import EditReport
+from . import families, model_weights, presets, text_rows
+from .preserve_set import preserve_sets
+from .report import EditReport, GroupResult
 
 EFFECT_SAMPLE_ROWS = 512
 
@@ -58,6 +58,7 @@ class EditSettings:
     projections: str = "keys+values"
     scales: uce_solver.Scales = field(default_factory=uce_solver.Scales)
     strength: float = 1.0
+    pooled: str = "auto"  # edit the pooled-text weights: auto (the family's default), on, off
 
     def __post_init__(self):
         uce_solver.check_token_mode(self.token_mode)
@@ -65,6 +66,8 @@ class EditSettings:
             raise ValueError(
                 f"unknown projections {self.projections!r}; expected one of {', '.join(model_weights.PROJECTIONS)}"
             )
+        if self.pooled not in model_weights.POOLED_CHOICES:
+            raise ValueError(f"unknown pooled {self.pooled!r}; expected one of {', '.join(model_weights.POOLED_CHOICES)}")
         self.scales.check()
 
     @classmethod
@@ -78,7 +81,7 @@ class EditSettings:
         lamb: float = 0.5,
         **rest,
     ) -> "EditSettings":
-        """Settings from a node's widgets (``rest``: token_mode, projections, strength).
+        """Settings from a node's widgets (``rest``: token_mode, projections, strength, pooled).
 
         The unconditional prompt is always preserved and nothing edited ever is; a negative
         ``preserve_scale`` means automatic: ``auto_preserve_scale(number of preserve prompts)``.
@@ -94,15 +97,22 @@ class EditSettings:
 
 
 def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, EditReport]:
-    """Solve ``plan`` for ``model`` with texts encoded by ``clip``; return (edited MODEL clone, report)."""
-    started = time.perf_counter()
-    keys = model_weights.cross_attention_keys(model, settings.projections)
-    width = model_weights.input_width(model, keys)
-    edit_texts = list(dict.fromkeys(plan.texts()))
-    _check_clip_width(clip, width, model)
-    text_rows.check_prompts(clip, edit_texts + settings.preserve)  # a too-long prompt fails before any encoding
+    """Solve ``plan`` for ``model`` with texts encoded by ``clip``; return (edited MODEL clone, report).
 
-    progress = comfy.utils.ProgressBar(len(edit_texts) + len(settings.preserve) + len(keys))
+    One solve per group of text-reading weights of the model's family (e.g. Flux:
+    txt_in on the T5 rows, vector_in on the pooled vector), all from one encoding
+    of the prompts.
+    """
+    started = time.perf_counter()
+    family = model_weights.family_of(model)
+    pooled = family.pooled_default if settings.pooled == "auto" else settings.pooled == "on"
+    groups = model_weights.text_map_groups(model, family, settings.projections, pooled)
+    edit_texts = list(dict.fromkeys(plan.texts()))
+    _check_clip(clip, family, groups, model)
+    text_rows.check_prompts(clip, edit_texts + settings.preserve, family)  # a bad prompt fails before any encoding
+
+    weight_count = sum(len(group.keys) for group in groups)
+    progress = comfy.utils.ProgressBar(len(edit_texts) + len(settings.preserve) + weight_count)
 
     def step(offset):
         def report_progress(done, total):
@@ -111,55 +121,91 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
 
         return report_progress
 
-    encoded = text_rows.encode_prompts(clip, edit_texts, progress=step(0))
+    needs_pooled = any(group.pooled for group in groups)
+    encoded = text_rows.encode_prompts(clip, edit_texts, progress=step(0), family=family, pooled=needs_pooled)
     device = _solve_device()
-    edit = plan.build(encoded, settings.token_mode).to(device)
-    preserved = preserve_set(
-        clip, settings.preserve, settings.token_mode, width, device, EFFECT_SAMPLE_ROWS, step(len(edit_texts))
+    preserved = preserve_sets(
+        clip, family, groups, settings.preserve, settings.token_mode, device, EFFECT_SAMPLE_ROWS,
+        step(len(edit_texts)),
     )
     encoded_at = time.perf_counter()
 
-    weights = model_weights.EffectiveWeights(model, keys, device)
-    solution = uce_solver.solve(
-        weights,
-        edit,
-        preserved.gram,
-        settings.scales,
-        step(len(edit_texts) + len(settings.preserve)),
-        out_device=model.offload_device,
-        out_dtype=model_weights.patch_dtype(model, keys),
-    )
-    deltas = solution.deltas
-    solved_at = time.perf_counter()
-
-    # Measured on the patches as stored, so the report describes what sampling will use.
-    effect = uce_solver.measure_effect(
-        weights, deltas, edit.sample_blocks(EFFECT_SAMPLE_ROWS), preserved.sample, settings.strength
-    )
-    measured_at = time.perf_counter()
+    deltas: dict = {}
+    results = []
+    solve_seconds = measure_seconds = 0.0
+    done = len(edit_texts) + len(settings.preserve)
+    for group, kept in zip(groups, preserved):
+        solve_started = time.perf_counter()
+        edit = plan.build({text: group.rows_of(e) for text, e in encoded.items()}, settings.token_mode).to(device)
+        weights = model_weights.EffectiveWeights(model, group.keys, device, group.text_map.columns)
+        solution = uce_solver.solve(
+            weights,
+            edit,
+            kept.gram,
+            settings.scales,
+            step(done),
+            out_device=model.offload_device,
+            out_dtype=model_weights.patch_dtype(model, group.keys),
+        )
+        done += len(group.keys)
+        measure_started = time.perf_counter()
+        # Measured on the patches as stored, so the report describes what sampling will use.
+        effect = uce_solver.measure_effect(
+            weights, solution.deltas, edit.sample_blocks(EFFECT_SAMPLE_ROWS), kept.sample, settings.strength
+        )
+        solve_seconds += measure_started - solve_started
+        measure_seconds += time.perf_counter() - measure_started
+        group_deltas = solution.deltas
+        if group.text_map.columns is not None:
+            in_features = model.model.state_dict()[group.keys[0]].shape[1]
+            group_deltas = model_weights.full_width(group_deltas, group.text_map.columns, in_features)
+        deltas.update(group_deltas)
+        results.append(
+            GroupResult(
+                label=group.label,
+                weights=len(group.keys),
+                low_rank=sum(isinstance(d, uce_solver.LowRankDelta) for d in solution.deltas.values()),
+                edit_rows=solution.edit_rows,
+                preserve_rows=solution.preserve_rows,
+                effect=effect,
+            )
+        )
+    patch_started = time.perf_counter()
     edited = model_weights.patched_clone(model, deltas, settings.strength)
     patched_at = time.perf_counter()
     report = EditReport(
         label=plan.label,
         family=model_weights.model_family(model),
+        family_name=family.name,
         blocks=len(edit.block_texts),
-        edit_rows=solution.edit_rows,
         preserve_prompts=len(settings.preserve),
-        preserve_rows=solution.preserve_rows,
         token_mode=settings.token_mode,
-        layers=len(keys),
-        low_rank_layers=sum(isinstance(d, uce_solver.LowRankDelta) for d in deltas.values()),
+        groups=tuple(results),
         patch_bytes=uce_solver.storage_bytes(deltas.values()),
         device=str(device),
         encode_seconds=encoded_at - started,
-        solve_seconds=solved_at - encoded_at,
-        measure_seconds=measured_at - solved_at,
-        patch_seconds=patched_at - measured_at,
+        solve_seconds=solve_seconds,
+        measure_seconds=measure_seconds,
+        patch_seconds=patched_at - patch_started,
         total_seconds=patched_at - started,
         strength=settings.strength,
-        effect=effect,
+        notes=tuple(_notes(family, settings, pooled, groups)),
     )
     return edited, report
+
+
+def _notes(family, settings: EditSettings, pooled: bool, groups) -> list[str]:
+    """What the report should say about options that had no effect on this family."""
+    notes = []
+    if settings.pooled == "on" and not family.has_pooled:
+        notes.append(f"pooled: {family.name} has no pooled text input; nothing more was edited")
+    has_kv = any(group.text_map.pattern == families.UNET_KV.pattern for group in groups)
+    if settings.projections != "keys+values" and not has_kv:
+        notes.append(
+            f"projections: {family.name} reads text through {', '.join(g.label for g in groups)}, not per-block "
+            "keys/values; it was edited as a whole"
+        )
+    return notes
 
 
 def _solve_device() -> torch.device:
@@ -176,12 +222,26 @@ def _solve_device() -> torch.device:
     return device
 
 
-def _check_clip_width(clip, width: int, model) -> None:
-    """Compare the CLIP's conditioning width with the width the MODEL's cross-attention reads."""
-    clip_width = text_rows.conditioning_width(clip)
-    if clip_width != width:
+def _check_clip(clip, family, groups, model) -> None:
+    """Refuse a CLIP that does not match the MODEL: by the widths its weights read, then by its text encoders."""
+    cond_width, pooled_width = text_rows.encoder_widths(clip)
+    encoders = text_rows.clip_encoders(clip)
+    hint = (
+        f"(this CLIP has {families.describe_encoders(encoders)}; for example an SD1.5 CLIP wired into an SDXL "
+        "model); connect the CLIP loaded with this MODEL"
+    )
+    for group in groups:
+        got, what = (pooled_width, "pooled text vector") if group.pooled else (cond_width, "text conditioning")
+        if got != group.width:
+            got_text = "no" if got is None else f"{got}-wide"
+            raise ValueError(
+                f"the CLIP gives {got_text} {what} but this {model_weights.model_family(model)} MODEL's "
+                f"{group.label} expects {group.width}: the CLIP does not match the MODEL {hint}"
+            )
+    if family.encoders is not None and encoders != family.encoders:
         raise ValueError(
-            f"the CLIP gives {clip_width}-wide text conditioning but this {model_weights.model_family(model)} MODEL's "
-            f"cross-attention expects {width}: the CLIP does not match the MODEL (for example an SD1.5 CLIP "
-            "wired into an SDXL model); connect the CLIP loaded with this MODEL"
+            f"this CLIP has the text encoders {families.describe_encoders(encoders)} but this "
+            f"{model_weights.model_family(model)} MODEL is {family.name}, which reads "
+            f"{families.describe_encoders(family.encoders)}: the CLIP does not match the MODEL; connect the CLIP "
+            f"loaded with this MODEL"
         )

@@ -104,7 +104,8 @@ class UCEEraseConcepts(UCENode):
                     },
                 ),
                 **inputs.common_solver_inputs(1.0, -1.0, PRESERVE_SCALE_TOOLTIP),
-            }
+            },
+            "optional": inputs.optional_inputs(),
         }
 
     build_request = staticmethod(erase_request)
@@ -141,7 +142,8 @@ class UCEModerate(UCENode):
                     "Weight s_p of keeping the preserve prompts unchanged (paper: 1). -1 = automatic: "
                     "max(0.1, 1 / number of preserve prompts).",
                 ),
-            }
+            },
+            "optional": inputs.optional_inputs(),
         }
 
     build_request = staticmethod(moderate_request)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from ..uce_solver import TOKEN_MODES
-from .model_weights import PROJECTIONS
+from .model_weights import POOLED_CHOICES, PROJECTIONS
 
 CATEGORY = "conditioning/uce"
 
 
 def model_input():
-    return ("MODEL", {"tooltip": "The diffusion model to edit (SD1.x, SD2.x or SDXL). It is not changed: a patched copy comes out."})
+    return (
+        "MODEL",
+        {
+            "tooltip": "The diffusion model to edit (SD1.x, SD2.x, SDXL, SD3/3.5, Flux.1, Flux.2, Chroma, Qwen-Image, "
+            "Z-Image, Lumina 2). It is not changed: a patched copy comes out."
+        },
+    )
 
 
 def clip_input():
@@ -53,7 +59,11 @@ def common_solver_inputs(erase_scale: float, preserve_scale: float, preserve_too
         ),
         "projections": (
             list(PROJECTIONS),
-            {"default": "keys+values", "tooltip": "Which cross-attention projections to edit (the paper edits both)."},
+            {
+                "default": "keys+values",
+                "tooltip": "Which cross-attention projections to edit (the paper edits both). Only for models with "
+                "per-block keys/values (SD1.x, SD2.x, SDXL); the DiT families' text input is edited as a whole.",
+            },
         ),
         "strength": (
             "FLOAT",
@@ -64,6 +74,21 @@ def common_solver_inputs(erase_scale: float, preserve_scale: float, preserve_too
                 "step": 0.05,
                 "tooltip": "How much of the edit to apply: 0 leaves the model unchanged, 1 is the UCE edit; linear "
                 "in between (like a LoRA strength).",
+            },
+        ),
+    }
+
+
+def optional_inputs() -> dict:
+    """Inputs added after the first release: optional, so that older API prompts still validate."""
+    return {
+        "pooled": (
+            list(POOLED_CHOICES),
+            {
+                "default": "auto",
+                "tooltip": "Also edit the weights that read the pooled text vector (Flux vector_in, SD3 y_embedder, "
+                "SDXL label_emb). auto: the family's default (on for Flux and SD3; off for SD1.x/SD2.x/SDXL, as in "
+                "the paper). Turn it on for SDXL concepts that survive the cross-attention edit.",
             },
         ),
     }

@@ -1,66 +1,141 @@
-"""Cross-attention K/V weights of a ComfyUI MODEL: find them, read them as patched, patch a clone."""
+"""The text-reading weights of a ComfyUI MODEL: find them (family table), read them as patched, patch a clone."""
 
 from __future__ import annotations
 
-import re
+import hashlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 import comfy.lora
 import comfy.weight_adapter
 
-from ..uce_solver import Delta, LowRankDelta
-
-# UNet cross-attention projections, e.g.
-# diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight
-KV_KEY = re.compile(r"^diffusion_model\..+\.attn2\.to_([kv])\.weight$")
+from ..uce_solver import Delta, DenseDelta, EncodedPrompt, LowRankDelta
+from . import families
+from .families import POOLED, Family, TextMap
 
 PROJECTIONS = {
     "keys+values": ("k", "v"),
     "values": ("v",),
     "keys": ("k",),
 }
+POOLED_CHOICES = ("auto", "on", "off")
 
 
 def model_family(model) -> str:
     """Name of the model's ComfyUI config class (SD15, SD21, SDXL, Flux …)."""
-    config = getattr(getattr(model, "model", None), "model_config", None)
-    return type(config).__name__ if config is not None else type(getattr(model, "model", model)).__name__
+    return families.model_family_name(model)
 
 
-def cross_attention_keys(model, projections: str = "keys+values") -> list[str]:
-    """Patcher keys of the cross-attention K/V weights to edit, in model order.
+def family_of(model) -> Family:
+    """The family-table entry of a MODEL; raises ValueError naming the model's class if there is none."""
+    return families.family_of_model(model, model.model.state_dict().keys())
 
-    Raises ValueError with the family name when the model has none (not a UNet
-    family this pack supports yet).
+
+@dataclass(frozen=True)
+class RowNorm:
+    """An RMSNorm the model applies to the text rows before a map: x / rms(x) * weight (weight as patched)."""
+
+    weight: torch.Tensor
+    eps: float
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        rows32 = rows.to(torch.float32)
+        scale = torch.rsqrt(rows32.square().mean(dim=-1, keepdim=True) + self.eps)
+        return rows32 * scale * self.weight.to(rows.device, torch.float32)
+
+    def digest(self) -> str:
+        data = self.weight.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+        return hashlib.sha256(data + repr(self.eps).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class MapGroup:
+    """The weights of one family-table map on one MODEL: they read the same rows and are solved together."""
+
+    text_map: TextMap
+    keys: tuple[str, ...]
+    width: int  # the width of the text rows they read
+    norm: Optional[RowNorm] = None
+
+    @property
+    def label(self) -> str:
+        return self.text_map.label
+
+    @property
+    def pooled(self) -> bool:
+        return self.text_map.source == POOLED
+
+    def view_key(self) -> tuple:
+        """What, besides the text and the CLIP, determines this group's rows (for caches)."""
+        return (self.text_map.source, None if self.norm is None else self.norm.digest())
+
+    def rows_of(self, encoded) -> EncodedPrompt:
+        """The rows these weights read for one encoded prompt (text_rows.EncodedText)."""
+        if self.pooled:
+            if encoded.pooled is None:
+                raise ValueError(f"prompt {encoded.text!r} was encoded without its pooled vector")
+            return EncodedPrompt(encoded.text, encoded.pooled.reshape(1, -1), 0)
+        prompt = encoded.prompt
+        return prompt if self.norm is None else prompt.with_rows(self.norm(prompt.rows))
+
+
+def text_map_groups(model, family: Family, projections: str = "keys+values", pooled: bool = False) -> list[MapGroup]:
+    """The groups of weights to edit, in model order: every family map present in the MODEL.
+
+    ``projections`` picks keys and/or values of K/V maps (other maps are always
+    edited); pooled maps only with ``pooled``. Raises ValueError if nothing is left.
     """
     if projections not in PROJECTIONS:
         raise ValueError(f"unknown projections {projections!r}; expected one of {', '.join(PROJECTIONS)}")
-    wanted = PROJECTIONS[projections]
-    keys = []
-    for key in model.model.state_dict().keys():
-        found = KV_KEY.match(key)
-        if found and found.group(1) in wanted:
-            keys.append(key)
-    if not keys:
-        raise ValueError(
-            f"this MODEL ({model_family(model)}) has no UNet cross-attention K/V projections (attn2.to_k / to_v); "
-            "UCE supports the SD1.x, SD2.x and SDXL families, other families are not supported yet"
-        )
-    return keys
-
-
-def input_width(model, keys: list[str]) -> int:
-    """Width of the text conditioning the K/V projections read (768 SD1.x, 1024 SD2.x, 2048 SDXL)."""
     state = model.model.state_dict()
-    widths = {state[k].shape[1] for k in keys}
-    if len(widths) != 1:
-        raise ValueError(f"cross-attention projections of mixed input widths {sorted(widths)} are not supported")
-    return widths.pop()
+    groups = []
+    for text_map in family.maps:
+        if text_map.source == POOLED and not pooled:
+            continue
+        keys = []
+        for key in state.keys():
+            found = text_map.matches(key)
+            kind = found.groupdict().get("kv") if found else None
+            if found and (kind is None or kind in PROJECTIONS[projections]):
+                keys.append(key)
+        if not keys:
+            continue
+        widths = {_text_width(state[k].shape, text_map) for k in keys}
+        if len(widths) != 1:
+            raise ValueError(f"{text_map.label} weights of mixed input widths {sorted(widths)} are not supported")
+        groups.append(MapGroup(text_map, tuple(keys), widths.pop(), _row_norm(model, text_map)))
+    if not groups:
+        raise ValueError(
+            f"this MODEL ({model_family(model)}) has none of the {family.name} text-reading weights "
+            f"({', '.join(m.label for m in family.maps)})"
+        )
+    return groups
 
 
-def patch_dtype(model, keys: list[str]) -> torch.dtype:
+def _text_width(shape, text_map: TextMap) -> int:
+    if len(shape) != 2:
+        raise ValueError(f"{text_map.label}: expected a [d_out, d] weight, got shape {tuple(shape)}")
+    if text_map.columns is None:
+        return shape[1]
+    start, stop = text_map.columns
+    if stop > shape[1]:
+        raise ValueError(f"{text_map.label}: text columns {start}:{stop} exceed the weight's {shape[1]} inputs")
+    return stop - start
+
+
+def _row_norm(model, text_map: TextMap) -> Optional[RowNorm]:
+    if text_map.norm is None:
+        return None
+    key = f"{text_map.norm}.weight"
+    weight = EffectiveWeights(model, [key], "cpu")[key]
+    module = model.model.get_submodule(text_map.norm)
+    return RowNorm(weight, float(getattr(module, "eps", None) or 1e-6))
+
+
+def patch_dtype(model, keys) -> torch.dtype:
     """Storage dtype for the edit's patches: the weights' own 16-bit dtype, else float32.
 
     The patched weight is rounded to the weight's dtype anyway, so 16-bit
@@ -74,24 +149,31 @@ def patch_dtype(model, keys: list[str]) -> torch.dtype:
 
 
 class EffectiveWeights(Mapping):
-    """The K/V weights as the sampler will see them: base weight plus every patch already on the MODEL.
+    """The weights as the sampler will see them: base weight plus every patch already on the MODEL.
 
     LoRAs and other patches added upstream are included, exactly as ComfyUI
     applies them. Each weight is computed in float32 on ``device`` when it is
     read and not kept, so at most the layers being solved are materialised; the
-    shared module's tensors are only read (copied first).
+    shared module's tensors are only read (copied first). ``columns`` restricts
+    each weight to the input columns the text occupies.
     """
 
-    def __init__(self, model, keys: list[str], device):
+    def __init__(self, model, keys, device, columns: Optional[tuple[int, int]] = None):
         self._key_patches = model.get_key_patches("diffusion_model.")  # references, no copies
         self._device = device
-        self.shapes = {key: tuple(self._key_patches[key][0][0].shape) for key in keys}
+        self._columns = columns
+        self.shapes = {}
+        for key in keys:
+            shape = tuple(self._key_patches[key][0][0].shape)
+            self.shapes[key] = shape if columns is None else (shape[0], columns[1] - columns[0])
 
     def __getitem__(self, key: str) -> torch.Tensor:
         (base, convert), *patches = self._key_patches[key]
         weight = convert(base.detach().to(self._device, torch.float32, copy=True), inplace=True)
         if patches:
             weight = comfy.lora.calculate_weight(patches, weight, key)
+        if self._columns is not None:
+            weight = weight[:, self._columns[0] : self._columns[1]]
         return weight
 
     def __iter__(self) -> Iterator[str]:
@@ -99,6 +181,24 @@ class EffectiveWeights(Mapping):
 
     def __len__(self) -> int:
         return len(self.shapes)
+
+
+def full_width(deltas: Mapping[str, Delta], columns: tuple[int, int], in_features: int) -> dict[str, Delta]:
+    """Deltas of weights restricted to ``columns``, padded with zeros to the weights' ``in_features``."""
+    start, stop = columns
+    padded: dict[int, torch.Tensor] = {}  # a shared factor stays shared
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in padded:
+            out = t.new_zeros(t.shape[0], in_features)
+            out[:, start:stop] = t
+            padded[id(t)] = out
+        return padded[id(t)]
+
+    return {
+        key: LowRankDelta(d.up, pad(d.down)) if isinstance(d, LowRankDelta) else DenseDelta(pad(d.delta))
+        for key, d in deltas.items()
+    }
 
 
 def patched_clone(model, deltas: Mapping[str, Delta], strength: float):

@@ -8,16 +8,26 @@ from ..uce_solver import EditEffect
 
 
 @dataclass(frozen=True)
+class GroupResult:
+    """One solved group of weights (e.g. the cross-attention K/V, or Flux's txt_in)."""
+
+    label: str
+    weights: int
+    low_rank: int
+    edit_rows: int
+    preserve_rows: int
+    effect: EditEffect
+
+
+@dataclass(frozen=True)
 class EditReport:
     label: str
-    family: str
+    family: str  # the model's ComfyUI config class
+    family_name: str  # the pack's family entry
     blocks: int
-    edit_rows: int
     preserve_prompts: int
-    preserve_rows: int
     token_mode: str
-    layers: int
-    low_rank_layers: int
+    groups: tuple[GroupResult, ...]
     patch_bytes: int
     device: str
     encode_seconds: float
@@ -26,26 +36,33 @@ class EditReport:
     patch_seconds: float
     total_seconds: float
     strength: float
-    effect: EditEffect
+    notes: tuple[str, ...] = ()
 
     def text(self) -> str:
-        effect = self.effect
+        main, *others = self.groups
+        more_edit = "".join(f" + {g.edit_rows} {g.label} rows" for g in others)
+        more_kept = "".join(f" + {g.preserve_rows} {g.label} rows" for g in others)
+        weights = ", ".join(f"{g.weights} {g.label} ({g.low_rank} low-rank + {g.weights - g.low_rank} dense)" for g in self.groups)
         lines = [
-            f"UCE {self.label} on {self.family}: {_count(self.blocks, 'edited prompt')}, {self.edit_rows} rows "
-            f"({self.token_mode} token mode)",
-            f"preserve: {_count(self.preserve_prompts, 'prompt')}, {self.preserve_rows} rows",
-            f"layers: {self.layers} K/V matrices, {self.low_rank_layers} low-rank + "
-            f"{self.layers - self.low_rank_layers} dense, patch {self.patch_bytes / 2**20:.1f} MiB",
+            f"UCE {self.label} on {self.family} ({self.family_name}): {_count(self.blocks, 'edited prompt')}, "
+            f"{main.edit_rows} rows{more_edit} ({self.token_mode} token mode)",
+            f"preserve: {_count(self.preserve_prompts, 'prompt')}, {main.preserve_rows} rows{more_kept}",
+            f"weights: {weights}, patch {self.patch_bytes / 2**20:.1f} MiB",
             f"device: {self.device}; encode {self.encode_seconds:.2f} s, solve {self.solve_seconds:.2f} s, "
             f"measure {self.measure_seconds:.2f} s, patch {self.patch_seconds:.2f} s, total {self.total_seconds:.2f} s",
-            f"effect at strength {self.strength:g} (attention space, {effect.edit_rows} edited rows measured): "
-            f"{100 * effect.target_gap_remaining:.1f}% of the distance to the targets remains",
         ]
-        if effect.preserve_shift is not None:
+        for group in self.groups:
+            effect = group.effect
             lines.append(
-                f"preserved rows moved by {100 * effect.preserve_shift:.2f}% of their output norm "
-                f"({effect.preserve_rows} rows measured)"
+                f"effect at strength {self.strength:g} on the {group.label} outputs ({effect.edit_rows} edited rows "
+                f"measured): {100 * effect.target_gap_remaining:.1f}% of the distance to the targets remains"
             )
+            if effect.preserve_shift is not None:
+                lines.append(
+                    f"preserved rows moved by {100 * effect.preserve_shift:.2f}% of their {group.label} output norm "
+                    f"({effect.preserve_rows} rows measured)"
+                )
+        lines.extend(self.notes)
         return "\n".join(lines)
 
 

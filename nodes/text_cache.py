@@ -15,8 +15,6 @@ import weakref
 from collections import OrderedDict
 from typing import Hashable, Optional
 
-from ..uce_solver import EncodedPrompt
-
 # 2 GiB of float32 rows in RAM: the art preset's ~1,700 artists fit at SDXL's width (77 x 2048 per prompt).
 DEFAULT_MAX_BYTES = int(os.environ.get("UCE_TEXT_CACHE_MB", "2048")) * 2**20
 
@@ -45,14 +43,14 @@ def encoder_key(clip) -> Optional[Hashable]:
 
 
 class RowCache:
-    """Least-recently-used map (encoder key, text) -> EncodedPrompt, bounded in bytes."""
+    """Least-recently-used map (encoder key, text) -> encoded text (rows, pooled vector), bounded in bytes."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
         self.max_bytes = max_bytes
         self.bytes = 0
         self.hits = 0
         self.misses = 0
-        self._entries: "OrderedDict[Hashable, EncodedPrompt]" = OrderedDict()
+        self._entries: "OrderedDict[Hashable, object]" = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -61,7 +59,7 @@ class RowCache:
     def contains(self, key: Hashable) -> bool:
         return key in self._entries
 
-    def get(self, key: Hashable) -> Optional[EncodedPrompt]:
+    def get(self, key: Hashable):
         with self._lock:
             prompt = self._entries.get(key)
             if prompt is None:
@@ -71,7 +69,7 @@ class RowCache:
             self.hits += 1
             return prompt
 
-    def put(self, key: Hashable, prompt: EncodedPrompt) -> None:
+    def put(self, key: Hashable, prompt) -> None:
         size = _nbytes(prompt)
         if size > self.max_bytes:
             return
@@ -91,8 +89,10 @@ class RowCache:
             self.bytes = self.hits = self.misses = 0
 
 
-def _nbytes(prompt: EncodedPrompt) -> int:
-    return prompt.rows.numel() * prompt.rows.element_size()
+def _nbytes(encoded) -> int:
+    pooled = getattr(encoded, "pooled", None)
+    extra = 0 if pooled is None else pooled.numel() * pooled.element_size()
+    return encoded.rows.numel() * encoded.rows.element_size() + extra
 
 
 ROW_CACHE = RowCache()

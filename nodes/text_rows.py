@@ -1,19 +1,45 @@
-"""Text rows from a ComfyUI CLIP, exactly as the sampler's conditioning holds them."""
+"""Text rows from a ComfyUI CLIP, exactly as the sampler's conditioning holds them.
+
+How a prompt's rows are laid out and where its last content token is comes from
+the family table (``families.TextSegment``): CLIP chunks of 77 slots, T5 rows
+with EOS and padding, or an LLM chat template around the text.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from ..uce_solver import EncodedPrompt
+from ..uce_solver import EncodedPrompt, Segment
+from . import families
+from .families import CLIP_RULE, T5_RULE, TEMPLATE_RULE, Family
 from .text_cache import ROW_CACHE, RowCache, encoder_key
 
 ENCODE_BATCH = 64
+# A word the template rule puts into the family's prompt to see which tokens follow the user's text.
+_PROBE_TEXT = "x"
 
 
 class PromptTooLongError(ValueError):
-    """A prompt needs more than one 77-slot chunk."""
+    """A prompt needs more than one 77-slot CLIP chunk."""
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """One prompt's conditioning rows (with their segments) and, if asked for, its pooled vector."""
+
+    prompt: EncodedPrompt
+    pooled: Optional[torch.Tensor] = None  # [width] or None when not encoded one prompt per pass
+
+    @property
+    def text(self) -> str:
+        return self.prompt.text
+
+    @property
+    def rows(self) -> torch.Tensor:
+        return self.prompt.rows
 
 
 def tokenize(clip, text: str) -> dict:
@@ -21,18 +47,25 @@ def tokenize(clip, text: str) -> dict:
     return clip.tokenize(text, disable_weights=True)
 
 
-def last_token_slot(clip, text: str, tokens: dict) -> int:
-    """Slot n of the last real token (0 for an empty prompt); the same for every encoder (SDXL: g and l)."""
+def clip_encoders(clip) -> frozenset[str]:
+    """The CLIP's tokenizer keys ("l", "g", "t5xxl", "qwen25_7b" …): which text encoders it has."""
+    return frozenset(tokenize(clip, ""))
+
+
+def last_token_slot(clip, text: str, tokens: dict, names: Optional[Sequence[str]] = None) -> int:
+    """Slot n of the last real token in one 77-slot CLIP chunk (0 for an empty prompt, i.e. BOS).
+
+    Every encoder in ``names`` (default: all of ``tokens``; SDXL: g and l) must agree.
+    """
     slots = {}
-    for name, chunks in tokens.items():
+    for name in names or tokens:
+        chunks = tokens[name]
         if len(chunks) != 1:
             raise PromptTooLongError(
                 f"prompt {text!r} is longer than one 77-token chunk ({len(chunks)} chunks); UCE edits one chunk "
                 "per prompt: shorten it to at most 75 tokens"
             )
-        end_token = _end_token(clip, name)
-        ids = [t[0] for t in chunks[0]]
-        end = next((i for i in range(1, len(ids)) if isinstance(ids[i], int) and ids[i] == end_token), None)
+        end = _first(chunks[0], _end_token(clip, name), start=1)
         if end is None:
             raise PromptTooLongError(f"prompt {text!r} fills its whole chunk with no end token; shorten it")
         slots[name] = end - 1
@@ -41,34 +74,81 @@ def last_token_slot(clip, text: str, tokens: dict) -> int:
     return next(iter(slots.values()))
 
 
+def prompt_segments(clip, family: Family, text: str, tokens: dict, cond_rows: Optional[int]) -> tuple[Segment, ...]:
+    """The segments of one prompt's conditioning (rows and last content token per text encoder).
+
+    ``cond_rows``: how many rows the encoder gave for it (None before encoding: only
+    the checks that need no rows run). Raises PromptTooLongError or ValueError when the
+    prompt or the layout is not what the family expects.
+    """
+    parts = []  # (rows or None for "the rest", last or a function of the rows)
+    for segment in _present_segments(clip, family, tokens):
+        names = segment.encoders or tuple(tokens)
+        if segment.rule == CLIP_RULE:
+            last = last_token_slot(clip, text, tokens, names)
+            parts.append((len(tokens[names[0]][0]), last))
+        elif segment.rule == T5_RULE:
+            (chunk,) = tokens[names[0]]
+            end = _first(chunk, _end_token(clip, names[0]), start=0)
+            parts.append((len(chunk), (len(chunk) if end is None else end) - 1))
+        elif segment.rule == TEMPLATE_RULE:
+            parts.append((None, _template_suffix(clip, family, names[0], text, tokens)))
+        else:
+            raise ValueError(f"unknown text segment rule {segment.rule!r}")
+    if cond_rows is None:
+        return ()
+    fixed = sum(rows for rows, _ in parts if rows is not None)
+    segments, start = [], 0
+    for rows, last in parts:
+        if rows is None:  # a template segment: the rows left; ``last`` counts its suffix from the end
+            rows = cond_rows - fixed
+            last = max(rows - 1 - last, -1)
+        segments.append(Segment(start, start + rows, last))
+        start += rows
+    if start != cond_rows:
+        raise ValueError(
+            f"the {family.name} text encoder gave {cond_rows} rows for prompt {text!r}, expected {start} "
+            "(an unexpected conditioning layout: is this CLIP the one loaded with the MODEL?)"
+        )
+    return tuple(segments)
+
+
 _widths: dict = {}
 
 
-def conditioning_width(clip) -> int:
-    """Width of the CLIP's conditioning rows (768 SD1.x, 1024 SD2.x, 2048 SDXL …), from one encoder pass.
+def encoder_widths(clip) -> tuple[int, Optional[int]]:
+    """Widths of the CLIP's conditioning rows and of its pooled vector (None if it has none), from one pass.
 
     Does not depend on the tokenizers agreeing, so a CLIP of another family is
     reported by its width rather than by a tokenizer error. Remembered per encoder.
     """
     key = encoder_key(clip)
     if key not in _widths:
-        cond = clip.encode_from_tokens(clip.tokenize(""), return_dict=True)["cond"]
-        width = cond.shape[-1]
+        out = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True, return_dict=True)
+        pooled = out.get("pooled_output")
+        widths = (out["cond"].shape[-1], None if pooled is None else pooled.shape[-1])
         if key is None:
-            return width
-        _widths[key] = width
+            return widths
+        _widths[key] = widths
     return _widths[key]
 
 
-def check_prompts(clip, texts: Sequence[str], cache: Optional[RowCache] = ROW_CACHE) -> None:
-    """Raise PromptTooLongError for a prompt over one chunk, before anything is encoded.
+def conditioning_width(clip) -> int:
+    """Width of the CLIP's conditioning rows (768 SD1.x, 1024 SD2.x, 2048 SDXL, 4096 T5 …)."""
+    return encoder_widths(clip)[0]
+
+
+def check_prompts(clip, texts: Sequence[str], family: Optional[Family] = None, cache: Optional[RowCache] = ROW_CACHE) -> None:
+    """Raise PromptTooLongError (or ValueError) for a prompt the family cannot edit, before anything is encoded.
 
     Prompts already in ``cache`` were checked when they were encoded and are skipped.
     """
+    family = family or families.family_of_clip(clip_encoders(clip))
     key = encoder_key(clip) if cache is not None else None
     for text in dict.fromkeys(texts):
-        if key is None or not cache.contains((key, text)):
-            last_token_slot(clip, text, tokenize(clip, text))
+        formatted = family.prompt_format.format(text)
+        if key is None or not cache.contains((key, formatted)):
+            prompt_segments(clip, family, text, tokenize(clip, formatted), None)
 
 
 def iter_encoded(
@@ -77,38 +157,110 @@ def iter_encoded(
     progress: Optional[Callable[[int, int], None]] = None,
     batch_size: int = ENCODE_BATCH,
     cache: Optional[RowCache] = ROW_CACHE,
-) -> Iterator[EncodedPrompt]:
-    """Encode ``texts`` in order, many per encoder pass, through ComfyUI's own conditioning path.
+    family: Optional[Family] = None,
+    pooled: bool = False,
+) -> Iterator[EncodedText]:
+    """Encode ``texts`` in order through ComfyUI's own conditioning path; yield one EncodedText per text.
 
-    Several prompts are passed as the chunks of one long prompt, which ComfyUI
-    encodes as one batch (weights all 1, so nothing is interpolated); each
-    chunk's 77 rows are exactly that prompt's conditioning. Clip skip and CLIP
-    patches (LoRA) apply as for CLIPTextEncode. Prompts found in ``cache`` are
-    not encoded again. Yields one EncodedPrompt per text, so callers can stream.
+    Where the family allows it and no pooled vector is needed, several prompts
+    of equal token length are passed as the chunks of one long prompt, which
+    ComfyUI encodes as one batch (weights all 1, so nothing is interpolated);
+    each chunk's rows are exactly that prompt's conditioning. Otherwise (or with
+    ``pooled``: ComfyUI returns the first chunk's pooled vector only) one prompt
+    per pass. Clip skip, tokenizer options and CLIP patches (LoRA) apply as for
+    CLIPTextEncode. Prompts found in ``cache`` are not encoded again.
     """
+    family = family or families.family_of_clip(clip_encoders(clip))
     key = encoder_key(clip) if cache is not None else None
     for start in range(0, len(texts), batch_size):
         batch = list(texts[start : start + batch_size])
-        found = {text: cache.get((key, text)) for text in batch} if key is not None else {}
-        missing = list(dict.fromkeys(t for t in batch if found.get(t) is None))
-        if missing:
-            tokenized = [tokenize(clip, text) for text in missing]
-            lasts = [last_token_slot(clip, text, tokens) for text, tokens in zip(missing, tokenized)]
-            merged = {name: [tokens[name][0] for tokens in tokenized] for name in tokenized[0]}
-            cond = clip.encode_from_tokens(merged, return_dict=True)["cond"]
-            rows = cond.reshape(len(missing), -1, cond.shape[-1]).to(torch.float32)
-            for text, prompt_rows, last in zip(missing, rows, lasts):
-                found[text] = EncodedPrompt(text, prompt_rows, last)
-                if key is not None:
-                    cache.put((key, text), found[text])
+        found = {}
+        if key is not None:
+            for text in batch:
+                hit = cache.get((key, family.prompt_format.format(text)))
+                if hit is not None and (hit.pooled is not None or not pooled):
+                    found[text] = hit
+        missing = list(dict.fromkeys(t for t in batch if t not in found))
+        for text, encoded in _encode(clip, family, missing, one_per_pass=pooled or not family.batch_encode):
+            found[text] = encoded
+            if key is not None:
+                cache.put((key, family.prompt_format.format(text)), encoded)
         yield from (found[text] for text in batch)
         if progress is not None:
             progress(min(start + batch_size, len(texts)), len(texts))
 
 
-def encode_prompts(clip, texts: Sequence[str], **options) -> dict[str, EncodedPrompt]:
+def encode_prompts(clip, texts: Sequence[str], **options) -> dict[str, EncodedText]:
     """Every distinct text of ``texts`` encoded (see :func:`iter_encoded`), by text."""
-    return {prompt.text: prompt for prompt in iter_encoded(clip, list(dict.fromkeys(texts)), **options)}
+    return {encoded.text: encoded for encoded in iter_encoded(clip, list(dict.fromkeys(texts)), **options)}
+
+
+def _encode(clip, family: Family, texts: list[str], one_per_pass: bool) -> Iterator[tuple[str, EncodedText]]:
+    tokenized = {text: tokenize(clip, family.prompt_format.format(text)) for text in texts}
+    if one_per_pass:
+        groups = [[text] for text in texts]
+    else:  # prompts whose chunks have equal lengths can share one pass
+        by_shape: dict[tuple, list[str]] = {}
+        for text in texts:
+            shape = tuple((name, tuple(len(c) for c in chunks)) for name, chunks in tokenized[text].items())
+            by_shape.setdefault(shape, []).append(text)
+        groups = list(by_shape.values())
+    for group in groups:
+        for text in group:
+            prompt_segments(clip, family, text, tokenized[text], None)  # refuse bad prompts before encoding
+        if len(group) == 1:
+            out = clip.encode_from_tokens(tokenized[group[0]], return_pooled=True, return_dict=True)
+            pooled = out.get("pooled_output")
+            rows = out["cond"][0:1]
+            pooled_rows = [None if pooled is None else pooled[0].to(torch.float32)]
+        else:
+            names = tokenized[group[0]]
+            merged = {name: [chunk for text in group for chunk in tokenized[text][name]] for name in names}
+            out = clip.encode_from_tokens(merged, return_dict=True)
+            rows = out["cond"].reshape(len(group), -1, out["cond"].shape[-1])
+            pooled_rows = [None] * len(group)
+        for text, prompt_rows, pooled in zip(group, rows.to(torch.float32), pooled_rows):
+            segments = prompt_segments(clip, family, text, tokenized[text], prompt_rows.shape[0])
+            yield text, EncodedText(EncodedPrompt(text, prompt_rows, segments=segments), pooled)
+
+
+def _present_segments(clip, family: Family, tokens: dict):
+    """The family's segments whose text encoder the CLIP really has (SD3 may come without T5 or CLIP-G)."""
+    return [s for s in family.segments if not s.encoders or any(_has_encoder(clip, name) for name in s.encoders)]
+
+
+def _has_encoder(clip, name: str) -> bool:
+    model = clip.cond_stage_model
+    return any(getattr(model, attribute, None) is not None for attribute in (name, f"clip_{name}"))
+
+
+_suffixes: dict = {}
+
+
+def _template_suffix(clip, family: Family, name: str, text: str, tokens: dict) -> int:
+    """How many tokens the family's template puts after the user's text (the same for every prompt)."""
+    key = (encoder_key(clip), family.name, name)
+    if key not in _suffixes or key[0] is None:
+        empty = _ids(tokenize(clip, family.prompt_format.format(""))[name][0])
+        probe = _ids(tokenize(clip, family.prompt_format.format(_PROBE_TEXT))[name][0])
+        common = 0
+        while common < min(len(empty), len(probe)) and empty[-1 - common] == probe[-1 - common]:
+            common += 1
+        _suffixes[key] = (common, empty[len(empty) - common :])
+    suffix_length, suffix = _suffixes[key]
+    (chunk,) = tokens[name]
+    if _ids(chunk)[len(chunk) - suffix_length :] != suffix:
+        raise ValueError(f"cannot find where prompt {text!r} ends in the {family.name} text template")
+    return suffix_length
+
+
+def _ids(chunk) -> list:
+    return [t[0] for t in chunk]
+
+
+def _first(chunk, token: int, start: int) -> Optional[int]:
+    ids = _ids(chunk)
+    return next((i for i in range(start, len(ids)) if isinstance(ids[i], int) and ids[i] == token), None)
 
 
 def _end_token(clip, name: str) -> int:

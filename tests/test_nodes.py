@@ -270,10 +270,10 @@ def test_clip_of_another_family_is_refused_with_both_widths(pack, sd15, sdxl_fam
         run_uce(pack, "UCEEraseConcepts", sdxl_family.model, sd15[1], concepts="cat", concept_type="object", guide="")
 
 
-def test_model_without_cross_attention_is_refused_with_its_family(pack, sd15):
-    flux = tiny_models.flux_family_model()
-    with pytest.raises(ValueError, match=r"this MODEL \(Flux\) has no UNet cross-attention.*not supported yet"):
-        run_uce(pack, "UCEEraseConcepts", flux, sd15[1], concepts="cat")
+def test_model_of_an_unsupported_family_is_refused_with_its_family(pack, sd15):
+    auraflow = tiny_models.unsupported_family_model()
+    with pytest.raises(ValueError, match=r"this MODEL \(AuraFlow\) is not a family UCE can edit.*supported: SD1.x"):
+        run_uce(pack, "UCEEraseConcepts", auraflow, sd15[1], concepts="cat")
 
 
 def test_prompt_longer_than_one_chunk_is_refused(pack, sd15):

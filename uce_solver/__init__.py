@@ -8,7 +8,7 @@ import anywhere in this package.
 from .deltas import Delta, DenseDelta, LowRankDelta, prefers_low_rank, storage_bytes
 from .edits import DebiasTargets, EditRows, GuideTargets, debias_edit, erase_edit
 from .effect import EditEffect, measure_effect
-from .prompts import TOKEN_MODES, EncodedPrompt, aligned_rows, check_token_mode, preserve_rows
+from .prompts import TOKEN_MODES, EncodedPrompt, Segment, aligned_rows, check_token_mode, preserve_rows
 from .solver import GramAccumulator, NonFiniteEditError, Scales, Solution, solve
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "LowRankDelta",
     "NonFiniteEditError",
     "Scales",
+    "Segment",
     "Solution",
     "aligned_rows",
     "check_token_mode",

@@ -157,6 +157,27 @@ def flux_family_model(seed: int = 0) -> Any:
     return comfy.model_patcher.ModelPatcher(base_model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
 
+def unsupported_family_model(seed: int = 0) -> Any:
+    """A very small random AuraFlow MODEL (ModelPatcher): a family the pack has no table entry for.
+
+    For checking that the pack refuses such a model with its family's name.
+    """
+    import_comfyui()
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    unet_config = {
+        "dim": 64, "n_layers": 2, "n_double_layers": 1, "n_heads": 2, "global_conddim": 64, "cond_seq_dim": 64,
+        "max_seq": 64, "in_channels": 4, "out_channels": 4, "patch_size": 2,
+    }
+    model_config = comfy.supported_models.AuraFlow(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    base_model = model_config.get_model({}, "", device=torch.device("cpu"))
+    randomize_(base_model.diffusion_model, seed, "auraflow.dit")
+    return comfy.model_patcher.ModelPatcher(base_model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+
 def tiny_unet_config(
     context_dim: int, channel_mult: Sequence[int], attention_from_level: int, adm_in_channels: int | None
 ) -> dict:

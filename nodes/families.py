@@ -1,0 +1,234 @@
+"""What the pack knows about each model family, as data: one entry per family.
+
+An entry says which weights of the diffusion model read text-encoder output
+(``TextMap``: a patcher-key pattern, the row source, a bias, a normalisation
+applied to the rows first, the input columns the text occupies), how one
+prompt's conditioning rows are laid out and where its last content token is
+(``TextSegment`` per text encoder), which CLIP belongs to the family
+(its tokenizer keys) and the family's defaults. Everything else in the pack
+reads this table; adding a family means adding an entry (and its test).
+Keys and layouts are those of ComfyUI 0.3.75.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+# Where a map's input rows come from.
+COND = "cond"  # the per-token conditioning rows (what CLIPTextEncode puts in the conditioning)
+POOLED = "pooled"  # the pooled text vector (one row per prompt)
+
+# How a segment's last content token is found.
+CLIP_RULE = "clip"  # one 77-slot chunk [BOS, tokens, EOS, pad]: the slot before the first EOS; empty: BOS
+T5_RULE = "t5"  # [tokens, EOS, pad]: the row before EOS; empty prompt: no content row (EOS stands in)
+TEMPLATE_RULE = "template"  # an LLM chat template around the text: the row before the template's suffix
+
+
+@dataclass(frozen=True)
+class TextSegment:
+    """The rows one text encoder adds to a prompt's conditioning, in order.
+
+    ``encoders``: the tokenizer keys whose tokens make these rows (CLIP-L and
+    CLIP-G rows are concatenated side by side, so SDXL's segment has both).
+    ``rule``: how the last content token is found (CLIP_RULE, T5_RULE, TEMPLATE_RULE).
+    """
+
+    encoders: tuple[str, ...]
+    rule: str
+
+
+@dataclass(frozen=True)
+class TextMap:
+    """Weights of the diffusion model that read text rows.
+
+    ``pattern`` matches patcher keys (``diffusion_model.….weight``); a named
+    group ``kv`` (k or v) lets the ``projections`` option pick keys or values.
+    ``bias``: the map adds a bias (the edit keeps it; targets are W0·c without it).
+    ``norm``: module (patcher key prefix) of an RMSNorm the model applies to the
+    rows before this map; its effective weight is applied to the rows the solve uses.
+    ``columns``: the input columns the text occupies when the map reads more than
+    text (SDXL's label_emb reads the pooled vector, then size embeddings).
+    """
+
+    label: str
+    pattern: str
+    source: str = COND
+    bias: bool = False
+    norm: Optional[str] = None
+    columns: Optional[tuple[int, int]] = None
+
+    def matches(self, key: str) -> Optional[re.Match]:
+        return re.fullmatch(self.pattern, key)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: the weights an edit changes and how its text rows are read."""
+
+    name: str
+    config_classes: tuple[str, ...]  # ComfyUI model_config classes (subclasses match too)
+    encoders: Optional[frozenset[str]]  # tokenizer keys of its CLIP; None: any CLIP of the right width
+    segments: tuple[TextSegment, ...]
+    maps: tuple[TextMap, ...]
+    pooled_default: bool = False
+    prompt_format: str = "{}"  # what the family's usual text node encodes around the user's prompt
+    batch_encode: bool = False  # many prompts per encoder pass (equal-length chunks, cond = chunks one after another)
+    notes: str = ""
+
+    @property
+    def has_pooled(self) -> bool:
+        return any(m.source == POOLED for m in self.maps)
+
+
+UNET_KV = TextMap(
+    "cross-attention",
+    r"diffusion_model\..+\.attn2\.to_(?P<kv>[kv])\.weight",
+)
+CLIP_SEGMENT = TextSegment(("l",), CLIP_RULE)
+
+# The system prompt ComfyUI's CLIPTextEncodeLumina2 puts before the user's text ("superior", its default).
+LUMINA2_SYSTEM_PROMPT = (
+    "You are an assistant designed to generate superior images with the superior degree of image-text "
+    "alignment based on textual prompts or user prompts. <Prompt Start> {}"
+)
+
+FAMILIES: tuple[Family, ...] = (
+    Family("SD1.x", ("SD15",), frozenset({"l"}), (CLIP_SEGMENT,), (UNET_KV,), batch_encode=True),
+    Family("SD2.x", ("SD20",), frozenset({"h"}), (TextSegment(("h",), CLIP_RULE),), (UNET_KV,), batch_encode=True),
+    Family(
+        "SDXL",
+        ("SDXL",),
+        frozenset({"g", "l"}),
+        (TextSegment(("g", "l"), CLIP_RULE),),
+        (
+            UNET_KV,
+            # label_emb reads [CLIP-G pooled (1280) | size embeddings (1536)]: only the pooled columns are text.
+            TextMap("label_emb (pooled)", r"diffusion_model\.label_emb\.0\.0\.weight", POOLED, bias=True, columns=(0, 1280)),
+        ),
+        batch_encode=True,
+        notes="pooled off by default so the paper's results are reproduced; turn it on for concepts that survive the K/V edit",
+    ),
+    Family(
+        "SD3",
+        ("SD3",),
+        frozenset({"g", "l", "t5xxl"}),
+        (TextSegment(("g", "l"), CLIP_RULE), TextSegment(("t5xxl",), T5_RULE)),
+        (
+            TextMap("context_embedder", r"diffusion_model\.context_embedder\.weight", bias=True),
+            TextMap("y_embedder (pooled)", r"diffusion_model\.y_embedder\.mlp\.0\.weight", POOLED, bias=True),
+        ),
+        pooled_default=True,
+        notes="rows: 77 CLIP-L|G rows (zero-padded to 4096), then the T5 rows",
+    ),
+    Family(
+        "Flux.1",
+        ("Flux",),
+        frozenset({"l", "t5xxl"}),
+        (TextSegment(("t5xxl",), T5_RULE),),
+        (
+            TextMap("txt_in", r"diffusion_model\.txt_in\.weight", bias=True),
+            TextMap("vector_in (pooled)", r"diffusion_model\.vector_in\.in_layer\.weight", POOLED, bias=True),
+        ),
+        pooled_default=True,
+        batch_encode=True,
+        notes="T5 rows padded to 256 (tokenizer options can change it), all read by the model",
+    ),
+    Family(
+        "Flux.2",
+        ("Flux2",),
+        frozenset({"mistral3_24b"}),
+        (TextSegment(("mistral3_24b",), TEMPLATE_RULE),),
+        (TextMap("txt_in", r"diffusion_model\.txt_in\.weight"),),
+    ),
+    Family(
+        "Chroma",
+        ("Chroma",),
+        frozenset({"t5xxl"}),
+        (TextSegment(("t5xxl",), T5_RULE),),
+        (TextMap("txt_in", r"diffusion_model\.txt_in\.weight", bias=True),),
+        batch_encode=True,
+    ),
+    Family(
+        "Qwen-Image",
+        ("QwenImage",),
+        frozenset({"qwen25_7b"}),
+        (TextSegment(("qwen25_7b",), TEMPLATE_RULE),),
+        (TextMap("txt_in", r"diffusion_model\.txt_in\.weight", bias=True, norm="diffusion_model.txt_norm"),),
+    ),
+    Family(
+        "Z-Image",
+        ("ZImage",),
+        frozenset({"qwen3_4b"}),
+        (TextSegment(("qwen3_4b",), TEMPLATE_RULE),),
+        (TextMap("cap_embedder", r"diffusion_model\.cap_embedder\.1\.weight", bias=True, norm="diffusion_model.cap_embedder.0"),),
+    ),
+    Family(
+        "Lumina 2",
+        ("Lumina2",),
+        frozenset({"gemma2_2b"}),
+        (TextSegment(("gemma2_2b",), TEMPLATE_RULE),),
+        (TextMap("cap_embedder", r"diffusion_model\.cap_embedder\.1\.weight", bias=True, norm="diffusion_model.cap_embedder.0"),),
+        prompt_format=LUMINA2_SYSTEM_PROMPT,
+        notes="prompts are encoded as CLIPTextEncodeLumina2 does with its default 'superior' system prompt",
+    ),
+)
+
+# Any other UNet with cross-attention (SD1.x/SD2.x/SDXL relatives: refiners, inpainting, v-prediction …).
+UNET_FALLBACK = Family("UNet cross-attention", (), None, (TextSegment((), CLIP_RULE),), (UNET_KV,), batch_encode=True)
+
+
+class UnsupportedModelError(ValueError):
+    """The MODEL belongs to a family the pack cannot edit."""
+
+
+def config_class_names(model) -> list[str]:
+    """The MODEL's ComfyUI config class and its base classes, most specific first."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    if config is None:
+        return [type(getattr(model, "model", model)).__name__]
+    return [cls.__name__ for cls in type(config).__mro__]
+
+
+def model_family_name(model) -> str:
+    """Name of the model's ComfyUI config class (SD15, SDXL, Flux, QwenImage …)."""
+    return config_class_names(model)[0]
+
+
+def family_of_model(model, keys) -> Family:
+    """The family entry of a MODEL: by its config class (or a base class), else a UNet with cross-attention.
+
+    ``keys``: the MODEL's patcher keys. Raises UnsupportedModelError naming the
+    model's class when no entry applies.
+    """
+    for name in config_class_names(model):
+        for family in FAMILIES:
+            if name in family.config_classes:
+                return family
+    if any(UNET_KV.matches(key) for key in keys):
+        return UNET_FALLBACK
+    supported = ", ".join(f.name for f in FAMILIES)
+    raise UnsupportedModelError(
+        f"this MODEL ({model_family_name(model)}) is not a family UCE can edit: it has no UNet cross-attention "
+        f"K/V projections (attn2.to_k / to_v) and no entry in the pack's family table; supported: {supported}"
+    )
+
+
+def families_with_encoders(encoders) -> list[Family]:
+    """Families whose CLIP has exactly these tokenizer keys."""
+    wanted = frozenset(encoders)
+    return [f for f in FAMILIES if f.encoders == wanted]
+
+
+def family_of_clip(clip_encoders) -> Family:
+    """The family a CLIP belongs to, from its tokenizer keys (the UNet fallback if none matches)."""
+    found = families_with_encoders(clip_encoders)
+    return found[0] if found else UNET_FALLBACK
+
+
+def describe_encoders(encoders) -> str:
+    """A CLIP described by its encoders and the families it belongs to, e.g. "t5xxl (Chroma)"."""
+    names = [f.name for f in families_with_encoders(encoders)]
+    keys = " + ".join(sorted(encoders))
+    return f"{keys} ({' / '.join(names)})" if names else keys
