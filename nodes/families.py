@@ -141,6 +141,8 @@ FAMILIES: tuple[Family, ...] = (
         frozenset({"mistral3_24b"}),
         (TextSegment(("mistral3_24b",), TEMPLATE_RULE),),
         (TextMap("txt_in", r"diffusion_model\.txt_in\.weight"),),
+        batch_encode=True,
+        notes="rows: BOS, the system prompt, [INST], the prompt, [/INST] (hidden layers 10, 20, 30 side by side)",
     ),
     Family(
         "Chroma",
@@ -163,6 +165,7 @@ FAMILIES: tuple[Family, ...] = (
         frozenset({"qwen3_4b"}),
         (TextSegment(("qwen3_4b",), TEMPLATE_RULE),),
         (TextMap("cap_embedder", r"diffusion_model\.cap_embedder\.1\.weight", bias=True, norm="diffusion_model.cap_embedder.0"),),
+        batch_encode=True,
     ),
     Family(
         "Lumina 2",
@@ -171,6 +174,7 @@ FAMILIES: tuple[Family, ...] = (
         (TextSegment(("gemma2_2b",), TEMPLATE_RULE),),
         (TextMap("cap_embedder", r"diffusion_model\.cap_embedder\.1\.weight", bias=True, norm="diffusion_model.cap_embedder.0"),),
         prompt_format=LUMINA2_SYSTEM_PROMPT,
+        batch_encode=True,
         notes="prompts are encoded as CLIPTextEncodeLumina2 does with its default 'superior' system prompt",
     ),
 )

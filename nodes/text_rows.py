@@ -42,9 +42,24 @@ class EncodedText:
         return self.prompt.rows
 
 
+_forces_weights_off: set = set()
+
+
 def tokenize(clip, text: str) -> dict:
-    """Tokens of one prompt per encoder, with prompt-weighting syntax such as (word:1.2) disabled."""
-    return clip.tokenize(text, disable_weights=True)
+    """Tokens of one prompt per encoder, with prompt-weighting syntax such as (word:1.2) disabled.
+
+    Some tokenizers (Qwen-Image's, Z-Image's, Flux.2's …) always disable it and
+    refuse the option; they are called without it.
+    """
+    tokenizer_class = type(clip.tokenizer)
+    if tokenizer_class not in _forces_weights_off:
+        try:
+            return clip.tokenize(text, disable_weights=True)
+        except TypeError as error:
+            if "disable_weights" not in str(error):
+                raise
+            _forces_weights_off.add(tokenizer_class)
+    return clip.tokenize(text)
 
 
 def clip_encoders(clip) -> frozenset[str]:

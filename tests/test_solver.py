@@ -259,3 +259,103 @@ def test_cuda_matches_cpu(solver):
         assert next(iter(gpu[key].tensors())).is_cuda
         a, b = cpu[key].dense(), gpu[key].dense().cpu()
         assert torch.linalg.norm(a - b) / torch.linalg.norm(a) < 1e-4
+
+
+# --- prompts made of encoder segments; maps with a bias -----------------------------------------
+
+
+def test_t5_and_template_segments_align_end_markers(solver):
+    """T5: an empty prompt has no content row, its EOS stands in; LLM templates: the suffix rows align."""
+    seg = solver.Segment
+    rows = torch.arange(10, dtype=torch.float64).unsqueeze(1)
+    concept = solver.EncodedPrompt("cat", rows, segments=[seg(0, 10, 1)])  # [t0, cat, EOS, pad …]
+    empty = solver.EncodedPrompt("", rows + 100, segments=[seg(0, 10, -1)])  # [EOS, pad …]
+    c, g = solver.aligned_rows([concept, empty], "paper")
+    assert c[:, 0].tolist() == list(range(1, 10))  # last token, EOS and the 7 pads
+    assert g[:, 0].tolist() == [100, 100] + list(range(101, 108))  # EOS for the last token, then EOS↔EOS, pads↔pads
+    c, g = solver.aligned_rows([concept, empty], "last_token")
+    assert c[:, 0].tolist() == [1] and g[:, 0].tolist() == [100]
+    assert solver.preserve_rows(empty, "last_token")[:, 0].tolist() == [100]
+
+    # an unpadded chat template: [content …, 3 suffix rows]; different lengths align on the suffix
+    long = solver.EncodedPrompt("a red car", torch.arange(6.0).unsqueeze(1), segments=[seg(0, 6, 2)])
+    short = solver.EncodedPrompt("", torch.arange(3.0).unsqueeze(1) + 50, segments=[seg(0, 3, -1)])
+    c, g = solver.aligned_rows([long, short], "paper")
+    assert c[:, 0].tolist() == [2, 3, 4, 5] and g[:, 0].tolist() == [50, 50, 51, 52]
+
+
+def test_segments_are_aligned_one_by_one(solver):
+    """SD3-like rows: 77 CLIP rows then T5 rows; each part is aligned on its own last token."""
+    seg = solver.Segment
+    rows = torch.arange(154, dtype=torch.float64).unsqueeze(1)
+    concept = solver.EncodedPrompt("van gogh", rows, segments=[seg(0, 77, 3), seg(77, 154, 2)])
+    guide = solver.EncodedPrompt("art", rows + 1000, segments=[seg(0, 77, 1), seg(77, 154, 0)])
+    c, g = solver.aligned_rows([concept, guide], "paper")
+    assert c[:, 0].tolist() == list(range(3, 77)) + list(range(79, 154))
+    assert g[:, 0].tolist() == [1000 + i for i in list(range(1, 75)) + list(range(77, 152))]
+    c, g = solver.aligned_rows([concept, guide], "last_token")
+    assert c[:, 0].tolist() == [3, 79] and g[:, 0].tolist() == [1001, 1077]
+    assert solver.preserve_rows(concept, "last_token")[:, 0].tolist() == [3, 79]
+    with pytest.raises(ValueError, match="do not tile"):
+        solver.EncodedPrompt("bad", rows, segments=[seg(0, 77, 3), seg(78, 154, 2)])
+    with pytest.raises(ValueError, match="same text encoders"):
+        solver.aligned_rows([concept, solver.EncodedPrompt("one", rows, 3)], "paper")
+
+
+def _affine_case(solver, gen, mode, layout):
+    """Random prompts of a segment layout, weights with biases, as (fast inputs, reference inputs)."""
+    width = 48
+
+    def prompt(text, empty=False):
+        segments, start = [], 0
+        for length, rule in layout:
+            last = (0 if rule == "clip" else -1) if empty else int(torch.randint(0, 4, (1,), generator=gen))
+            segments.append(solver.Segment(start, start + length, last))
+            start += length
+        return solver.EncodedPrompt(text, make_rows(gen, width, torch.float64, count=start), segments=segments)
+
+    weights = {f"map{i}": torch.randn(d_out, width, generator=gen, dtype=torch.float64) / width**0.5 for i, d_out in enumerate((32, 80))}
+    biases = {k: 3.0 * torch.randn(w.shape[0], generator=gen, dtype=torch.float64) for k, w in weights.items()}
+    pairs = [(prompt(f"concept {i}"), prompt("", empty=True)) for i in range(3)]
+    preserve = [prompt(f"keep {i}") for i in range(4)] + [prompt("", empty=True)]
+    as_ref = lambda p: (p.rows, [(s.start, s.stop, s.last) for s in p.segments])  # noqa: E731
+    return weights, biases, pairs, preserve, [(as_ref(c), as_ref(g)) for c, g in pairs], [as_ref(p) for p in preserve]
+
+
+@pytest.mark.parametrize("mode", ["paper", "last_token"])
+@pytest.mark.parametrize(
+    "layout",
+    [((12, "t5"),), ((10, "clip"), (12, "t5")), ((9, "template"),)],
+    ids=["t5", "clip+t5", "template"],
+)
+def test_affine_maps_match_the_naive_reference(solver, mode, layout):
+    """Maps with a bias: the fast path (targets W0 g, bias kept) equals the affine closed form to 1e-6 in float64."""
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{mode}{layout}".encode()))
+    weights, biases, pairs, preserve, ref_pairs, ref_preserve = _affine_case(solver, gen, mode, layout)
+    scales = solver.Scales(erase=1.0, preserve=0.3, lamb=0.5)
+    edit = solver.erase_edit(pairs, mode)
+    kept = [solver.preserve_rows(p, mode) for p in preserve]
+    fast = solver.solve(weights, edit, kept, scales).deltas
+    expected = ref.reference_erase_affine(weights, biases, ref_pairs, ref_preserve, mode, 1.0, 0.3, 0.5)
+    for key in weights:
+        error = torch.linalg.norm(fast[key].dense() - expected[key]) / torch.linalg.norm(expected[key])
+        assert error <= 1e-6, f"{key}: {error:.2e}"
+
+
+def test_bias_counted_twice_misses_the_guide_by_the_bias(solver):
+    """With b kept, aiming W at the full target W0 g + b (the authors' FLUX script) lands the output on
+    W0 g + 2b; aiming at W0 g lands it on the guide's output W0 g + b."""
+    gen = torch.Generator().manual_seed(11)
+    weights, biases, pairs, _, ref_pairs, _ = _affine_case(solver, gen, "paper", ((12, "t5"),))
+    tiny_lamb = solver.Scales(erase=1.0, preserve=1.0, lamb=1e-6)
+    edit = solver.erase_edit(pairs[:1], "last_token")  # one row: reachable exactly
+    ours = solver.solve(weights, edit, None, tiny_lamb).deltas
+    doubled = ref.reference_erase_affine(weights, biases, ref_pairs[:1], [], "last_token", 1.0, 1.0, 1e-6, bias_in_targets=True)
+    concept, guide = (rows.double() for rows in solver.aligned_rows(list(pairs[0]), "last_token"))
+    for key, w0 in weights.items():
+        b = biases[key]
+        target = guide @ w0.T + b  # the guide's full output, bias included
+        ours_out = concept @ (w0 + ours[key].dense()).T + b
+        doubled_out = concept @ (w0 + doubled[key]).T + b
+        assert torch.linalg.norm(ours_out - target) < 1e-4 * torch.linalg.norm(target)
+        torch.testing.assert_close(doubled_out - target, b.expand_as(target), rtol=1e-4, atol=1e-4)

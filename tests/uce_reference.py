@@ -86,3 +86,53 @@ def reference_debias(weights, items, preserve, mode, erase_scale, preserve_scale
             edit_pairs.append((c, target))
         out[key] = solve_layer(w0, edit_pairs, kept, erase_scale, preserve_scale, lamb)
     return out
+
+
+# --- affine maps (W c + b) and prompts made of several encoder segments -------------------------
+
+
+def segment_rows(rows: torch.Tensor, segments, partner_segments, mode: str) -> torch.Tensor:
+    """Rows of one prompt edited together with partners, segment by segment.
+
+    ``segments``: [(start, stop, last)], last -1 = no content token (its first row stands in for it).
+    paper: from the last content token on, as many rows as the shortest partner's tail; last_token: one row.
+    """
+    picked = []
+    for s, (start, stop, last) in enumerate(segments):
+        if mode == "last_token":
+            count = 1
+        else:
+            count = min(p[s][1] - p[s][0] - p[s][2] for p in partner_segments)
+        for k in range(count):
+            picked.append(rows[start + max(last + k, 0)])
+    return torch.stack(picked).double()
+
+
+def reference_erase_affine(
+    weights, biases, pairs, preserve, mode, erase_scale, preserve_scale, lamb, bias_in_targets=False
+):
+    """The closed form for maps y = W c + b with b kept fixed, from the objective itself.
+
+    ``pairs``: [((concept rows, segments), (guide rows, segments))]; ``preserve``: [(rows, segments)].
+    The targets are the guide's full outputs v* = W0 g + b, so W is aimed at v* - b (and a preserved
+    row's full output W0 c + b stays when W c = W0 c). ``bias_in_targets`` aims W at v* itself, as the
+    method authors' FLUX script does: the bias is then counted twice.
+    """
+    out = {}
+    for key, w0 in weights.items():
+        w0, b = w0.double(), biases[key].double()
+        d = w0.shape[1]
+        mat1, mat2 = lamb * w0.clone(), lamb * torch.eye(d, dtype=torch.float64)
+        for (c_rows, c_segments), (g_rows, g_segments) in pairs:
+            partners = [c_segments, g_segments]
+            c = segment_rows(c_rows, c_segments, partners, mode)
+            v = segment_rows(g_rows, g_segments, partners, mode) @ w0.T + b
+            aim = v if bias_in_targets else v - b
+            mat1 += erase_scale * outer_sum(aim, c)
+            mat2 += erase_scale * outer_sum(c, c)
+        for rows, segments in preserve:
+            p = rows.double() if mode == "paper" else segment_rows(rows, segments, [segments], "last_token")
+            mat1 += preserve_scale * outer_sum(p @ w0.T, p)
+            mat2 += preserve_scale * outer_sum(p, p)
+        out[key] = mat1 @ torch.inverse(mat2) - w0
+    return out

@@ -1,0 +1,343 @@
+"""UCE on every DiT family of the family table, in a real ComfyUI, on tiny random-weight models.
+
+For each family the test knows on its own (from ComfyUI's source, not from the pack) which weights
+read text, where a prompt's last content token is and what the model applies before the map, encodes
+its prompts itself with ComfyUI's CLIP, and checks the node against that knowledge: the patched keys,
+the affine closed form (naive float64 reference, bias kept), the edited rows reaching the guide's
+outputs bias included, preserved rows staying, strength, sampling, LoRA stacking, saving, and a CLIP
+of another family being refused. Weights are read as ComfyUI loads them for sampling (live_weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+import safetensors.torch
+import torch
+from uce_devtools import comfy_env, tiny_models
+from uce_devtools import tiny_llm_families as llm
+from uce_devtools import tiny_t5_families as t5f
+from uce_devtools.graph import live_weights, run_node
+
+import uce_reference as ref
+
+T5_EOS = 1
+
+
+def t5_segments(tokens, key="t5xxl", start=0):
+    """T5 rows: [tokens, EOS, pad …]; the last content token is the row before EOS (-1: none)."""
+    ids = [t[0] for t in tokens[key][0]]
+    return [(start, start + len(ids), ids.index(T5_EOS) - 1)]
+
+
+def sd3_segments(tokens):
+    """SD3 rows: 77 CLIP-L|G rows ([BOS, tokens, EOS, pad]) then the T5 rows."""
+    ids = [t[0] for t in tokens["l"][0]]
+    return [(0, 77, ids.index(49407, 1) - 1)] + t5_segments(tokens, start=77)
+
+
+@dataclass(frozen=True)
+class FamilyCase:
+    build: Callable
+    config_class: str
+    cond_map: str  # patcher key of the map that reads the per-token rows
+    pooled_map: Optional[str]  # patcher key of the map that reads the pooled vector
+    pooled_default: bool
+    segments: Callable  # (tokens, row count) -> [(start, stop, last)]
+    bias: bool = True
+    norm: Optional[str] = None  # module whose RMSNorm the model applies to the rows before cond_map
+    prompt_format: str = "{}"
+    sampling: dict = field(default_factory=lambda: {"cfg": 2.0, "scheduler": "simple"})
+    latent: str = "EmptySD3LatentImage"
+
+
+CASES = {
+    "flux": FamilyCase(
+        t5f.flux_model, "Flux", "diffusion_model.txt_in.weight", "diffusion_model.vector_in.in_layer.weight", True,
+        lambda tokens, rows: t5_segments(tokens), sampling={"cfg": 1.0, "scheduler": "simple", "guidance": 3.5},
+    ),
+    "chroma": FamilyCase(
+        t5f.chroma_model, "Chroma", "diffusion_model.txt_in.weight", None, False,
+        lambda tokens, rows: t5_segments(tokens), sampling={"cfg": 4.0, "scheduler": "simple"},
+    ),
+    "sd3": FamilyCase(
+        t5f.sd3_model, "SD3", "diffusion_model.context_embedder.weight", "diffusion_model.y_embedder.mlp.0.weight",
+        True, lambda tokens, rows: sd3_segments(tokens), sampling={"cfg": 4.5, "scheduler": "sgm_uniform"},
+    ),
+}
+
+
+def template_segments(suffix):
+    """LLM rows: whatever template rows come before the prompt, the prompt, then ``suffix`` template rows."""
+    return lambda tokens, rows: [(0, rows, max(rows - 1 - suffix, -1))]
+
+
+def lumina2_format():
+    """What ComfyUI's CLIPTextEncodeLumina2 encodes with its default system prompt."""
+    import comfy_extras.nodes_lumina2 as lumina2
+
+    return lumina2.CLIPTextEncodeLumina2.SYSTEM_PROMPT["superior"] + " <Prompt Start> {}"
+
+
+CASES.update(
+    {
+        # cond: the prompt, then "<|im_end|>\n<|im_start|>assistant\n" (the prefix is cut off by the encoder)
+        "qwen_image": FamilyCase(
+            llm.qwen_image_model, "QwenImage", "diffusion_model.txt_in.weight", None, False, template_segments(5),
+            norm="diffusion_model.txt_norm", sampling={"cfg": 2.5, "scheduler": "simple"},
+        ),
+        # cond: "<|im_start|>user\n", the prompt, the same 5-token suffix
+        "z_image": FamilyCase(
+            llm.z_image_model, "ZImage", "diffusion_model.cap_embedder.1.weight", None, False, template_segments(5),
+            norm="diffusion_model.cap_embedder.0", sampling={"cfg": 1.0, "scheduler": "simple"},
+        ),
+        # cond: BOS, the system prompt, "<Prompt Start>", the prompt (no suffix)
+        "lumina2": FamilyCase(
+            llm.lumina2_model, "Lumina2", "diffusion_model.cap_embedder.1.weight", None, False, template_segments(0),
+            norm="diffusion_model.cap_embedder.0", prompt_format="lumina2", sampling={"cfg": 4.0, "scheduler": "simple"},
+        ),
+        # cond: BOS, [SYSTEM_PROMPT] … [/SYSTEM_PROMPT], [INST], the prompt, [/INST]; txt_in has no bias
+        "flux2": FamilyCase(
+            llm.flux2_model, "Flux2", "diffusion_model.txt_in.weight", None, False, template_segments(1), bias=False,
+            sampling={"cfg": 1.0, "scheduler": "simple", "guidance": 4.0}, latent="EmptyFlux2LatentImage",
+        ),
+    }
+)
+FAMILIES = list(CASES)
+
+
+@pytest.fixture(scope="module")
+def extra_nodes(comfy):
+    comfy_env.init_extra_nodes()  # EmptySD3LatentImage, FluxGuidance, ModelSave, LoraLoaderModelOnly …
+
+
+_built: dict = {}
+
+
+@pytest.fixture
+def tiny(comfy, pack, request):
+    """The family's tiny MODEL + CLIP (built once per session)."""
+    family = request.param
+    if family not in _built:
+        _built[family] = CASES[family].build()
+    return family, CASES[family], _built[family]
+
+
+def families(*names):
+    return pytest.mark.parametrize("tiny", names or FAMILIES, indirect=True)
+
+
+def node_defaults(pack, class_name="UCEEraseConcepts") -> dict:
+    node = pack.NODE_CLASS_MAPPINGS[class_name].INPUT_TYPES()
+    sections = {**node["required"], **node.get("optional", {})}
+    return {name: spec[1]["default"] for name, spec in sections.items() if len(spec) > 1 and "default" in spec[1]}
+
+
+def erase(pack, model, clip, **values):
+    inputs = {
+        **node_defaults(pack), "concept_type": "custom", "guide": "", "expand_prompts": False,
+        "concepts": "a red sports car", "preserve": "a bicycle\na lighthouse", **values,
+    }
+    return run_node("UCEEraseConcepts", model=model, clip=clip, **inputs)
+
+
+def encode(case: FamilyCase, clip, text):
+    """(rows float64, segments, pooled float64) of one prompt, encoded by ComfyUI alone."""
+    prompt_format = lumina2_format() if case.prompt_format == "lumina2" else case.prompt_format
+    tokens = clip.tokenize(prompt_format.format(text))
+    out = clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
+    rows = out["cond"][0].double()
+    pooled = out.get("pooled_output")
+    return rows, case.segments(tokens, rows.shape[0]), None if pooled is None else pooled.double()
+
+
+def map_inputs(case: FamilyCase, model, rows):
+    """What the cond map reads: the rows, after the model's RMSNorm where it has one."""
+    if case.norm is None:
+        return rows
+    weight = live_weights(model, [case.norm + ".weight"])[case.norm + ".weight"].double()
+    eps = model.model.get_submodule(case.norm).eps
+    return rows * torch.rsqrt(rows.square().mean(dim=-1, keepdim=True) + eps) * weight
+
+
+def bias_of(model, key):
+    """The map's bias as the sampler sees it (zero for a map without bias)."""
+    bias_key = key.removesuffix("weight") + "bias"
+    if bias_key not in model.model.state_dict():
+        return torch.zeros(model.model.state_dict()[key].shape[0], dtype=torch.float64)
+    return live_weights(model, [bias_key])[bias_key].double()
+
+
+def expected_erase(case, model, clip, concepts, guide, preserve, mode, key, pooled=False, **scales):
+    """The naive affine closed form for one map, from rows the test encodes itself."""
+    def prompt(text):
+        rows, segments, pooled_row = encode(case, clip, text)
+        if pooled:
+            return pooled_row.reshape(1, -1), [(0, 1, 0)]
+        return map_inputs(case, model, rows), segments
+
+    w0 = live_weights(model, [key])[key]
+    pairs = [(prompt(c), prompt(guide)) for c in concepts]
+    kept = [prompt(p) for p in preserve]
+    expected = ref.reference_erase_affine(
+        {key: w0}, {key: bias_of(model, key)}, pairs, kept, mode,
+        scales.get("erase_scale", 1.0), scales["preserve_scale"], scales.get("lamb", 0.5),
+    )
+    return w0, expected[key]
+
+
+def sample(case, model, clip, text, seed=3):
+    positive = run_node("CLIPTextEncode", clip=clip, text=text)[0]
+    negative = run_node("CLIPTextEncode", clip=clip, text="")[0]
+    if "guidance" in case.sampling:
+        positive = run_node("FluxGuidance", conditioning=positive, guidance=case.sampling["guidance"])[0]
+    latent = run_node(case.latent, width=64, height=64, batch_size=1)[0]
+    out = run_node(
+        "KSampler", model=model, seed=seed, steps=2, cfg=case.sampling["cfg"], sampler_name="euler",
+        scheduler=case.sampling["scheduler"], positive=positive, negative=negative, latent_image=latent, denoise=1.0,
+    )[0]
+    return out["samples"].clone()
+
+
+# -- which weights ----------------------------------------------------------------------------------
+
+
+@families()
+def test_patches_land_on_exactly_the_text_maps(pack, tiny):
+    family, case, built = tiny
+    assert type(built.model.model.model_config).__name__ == case.config_class
+    edited, report = erase(pack, built.model, built.clip)
+    expected = {case.cond_map} | ({case.pooled_map} if case.pooled_default else set())
+    assert set(edited.patches) == expected, report
+    without_pooled, _ = erase(pack, built.model, built.clip, pooled="off")
+    assert set(without_pooled.patches) == {case.cond_map}
+    with_pooled, report = erase(pack, built.model, built.clip, pooled="on")
+    assert set(with_pooled.patches) == {case.cond_map} | ({case.pooled_map} if case.pooled_map else set())
+    if case.pooled_map is None:
+        assert "has no pooled text input" in report
+    state = built.model.model.state_dict()
+    for key in set(with_pooled.patches):
+        assert (key.removesuffix("weight") + "bias" in state) == case.bias
+
+
+# -- the math -------------------------------------------------------------------------------------------
+
+
+@families()
+@pytest.mark.parametrize("mode", ["paper", "last_token"])
+def test_edit_is_the_affine_closed_form(pack, tiny, mode):
+    family, case, built = tiny
+    concepts, preserve = ["a red sports car", "Van Gogh"], ["a bicycle", "a lighthouse", ""]
+    edited, _ = erase(pack, built.model, built.clip, concepts="\n".join(concepts), token_mode=mode, pooled="on")
+    maps = [(case.cond_map, False)] + ([(case.pooled_map, True)] if case.pooled_map else [])
+    for key, pooled in maps:
+        w0, expected = expected_erase(
+            case, built.model, built.clip, concepts, "", preserve, mode, key, pooled=pooled, preserve_scale=1 / 3
+        )
+        got = live_weights(edited, [key])[key].double() - w0
+        error = (torch.linalg.norm(got - expected) / torch.linalg.norm(expected)).item()
+        assert error < 1e-4, f"{family} {key} {mode}: relative error {error:.2e}"
+
+
+@families()
+def test_edited_rows_reach_the_guide_and_preserved_rows_stay(pack, tiny):
+    """Small lamb, one row per prompt and segment, only the unconditional prompt preserved: the concept's
+    full outputs (bias included) land on the guide's, the unconditional prompt's stay."""
+    family, case, built = tiny
+    edited, _ = erase(
+        pack, built.model, built.clip, concepts="Van Gogh", guide="a photo of a lighthouse", preserve="",
+        token_mode="last_token", lamb=1e-5, preserve_scale=1.0, pooled="on",
+    )
+    key = case.cond_map
+    w0 = live_weights(built.model, [key])[key].double()
+    w1 = live_weights(edited, [key])[key].double()
+    b = bias_of(built.model, key)
+
+    def last_rows(text):
+        rows, segments, _ = encode(case, built.clip, text)
+        rows = map_inputs(case, built.model, rows)
+        return torch.stack([rows[start + max(last, 0)] for start, _, last in segments])
+
+    concept, guide, empty = last_rows("Van Gogh"), last_rows("a photo of a lighthouse"), last_rows("")
+    target = guide @ w0.T + b
+    assert torch.linalg.norm(concept @ w1.T + b - target) < 1e-3 * torch.linalg.norm(target)
+    assert torch.linalg.norm(concept @ w0.T + b - target) > 0.1 * torch.linalg.norm(target)  # it really moved
+    kept = empty @ w0.T + b
+    assert torch.linalg.norm(empty @ w1.T + b - kept) < 1e-3 * torch.linalg.norm(kept)
+
+
+# -- in a graph --------------------------------------------------------------------------------------------
+
+
+@families()
+def test_strength_zero_samples_like_the_original_and_the_edit_changes_images(pack, tiny, extra_nodes):
+    family, case, built = tiny
+    zero, _ = erase(pack, built.model, built.clip, concepts="Van Gogh", strength=0.0)
+    full, _ = erase(pack, built.model, built.clip, concepts="Van Gogh")
+    keys = sorted(full.patches)
+    base = live_weights(built.model, keys)
+    assert all(torch.equal(live_weights(zero, keys)[k], base[k]) for k in keys)
+    original = sample(case, built.model, built.clip, "Van Gogh")
+    assert torch.equal(sample(case, zero, built.clip, "Van Gogh"), original)
+    edited = sample(case, full, built.clip, "Van Gogh")
+    assert torch.isfinite(edited).all() and not torch.allclose(edited, original)
+
+
+@families()
+def test_loras_before_the_edit_are_edited_and_loras_after_it_stack(pack, tiny, extra_nodes, tmp_path):
+    family, case, built = tiny
+    key = case.cond_map
+    lora = tiny_models.tiny_lora({key: tuple(built.model.model.state_dict()[key].shape)}, path=tmp_path / f"{family}.safetensors")
+    comfy_env.register_lora_dir(tmp_path)
+    with_lora = run_node("LoraLoaderModelOnly", model=built.model, lora_name=lora.name, strength_model=1.0)[0]
+    base, lora_w = live_weights(built.model, [key])[key], live_weights(with_lora, [key])[key]
+    assert not torch.equal(base, lora_w)
+
+    edited, _ = erase(pack, with_lora, built.clip, pooled="off")
+    w0, expected = expected_erase(
+        case, with_lora, built.clip, ["a red sports car"], "", ["a bicycle", "a lighthouse", ""], "paper", key,
+        preserve_scale=1 / 3,
+    )
+    assert torch.equal(w0.float(), lora_w)
+    got = live_weights(edited, [key])[key].double() - w0
+    assert torch.linalg.norm(got - expected) < 1e-4 * torch.linalg.norm(expected)
+
+    plain, _ = erase(pack, built.model, built.clip, pooled="off")
+    stacked = run_node("LoraLoaderModelOnly", model=plain, lora_name=lora.name, strength_model=1.0)[0]
+    edit_delta = live_weights(plain, [key])[key] - base
+    torch.testing.assert_close(live_weights(stacked, [key])[key], lora_w + edit_delta, rtol=1e-5, atol=1e-5)
+
+
+@families()
+def test_model_save_writes_the_edited_weights(pack, tiny, extra_nodes, comfy):
+    import folder_paths
+
+    family, case, built = tiny
+    edited, _ = erase(pack, built.model, built.clip)
+    prefix = f"uce_families/{family}"
+    run_node("ModelSave", model=edited, filename_prefix=prefix)
+    (saved_file,) = Path(folder_paths.get_output_directory(), "uce_families").glob(f"{family}_*.safetensors")
+    saved = safetensors.torch.load_file(saved_file)
+    live = live_weights(edited, sorted(edited.patches))
+    for key, weight in live.items():
+        (stored_key,) = [k for k in saved if k.endswith(key.removeprefix("diffusion_model."))]
+        torch.testing.assert_close(saved[stored_key].float(), weight.to(saved[stored_key].dtype).float())
+
+
+# -- bad input ---------------------------------------------------------------------------------------------
+
+
+@families()
+def test_a_clip_of_another_family_is_refused_naming_both(pack, tiny, sd15):
+    family, case, built = tiny
+    with pytest.raises(ValueError, match=rf"the CLIP gives 768-wide text conditioning but this {case.config_class} MODEL"):
+        erase(pack, built.model, sd15[1])
+    other = "chroma" if family != "chroma" else "flux"
+    if other not in _built:
+        _built[other] = CASES[other].build()
+    with pytest.raises(ValueError, match="the CLIP does not match the MODEL") as refused:
+        erase(pack, built.model, _built[other].clip)
+    assert case.config_class in str(refused.value)
