@@ -102,3 +102,30 @@ def sd2_family(comfy) -> tiny_models.TinyFamilyModel:
 def sdxl_family(comfy) -> tiny_models.TinyFamilyModel:
     """Reduced random SDXL-family MODEL + CLIP (conditioning width 2048, pooled 1280)."""
     return tiny_models.sdxl_family_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_family(comfy):
+    """``get(name)``: the tiny random MODEL + CLIP of a DiT family, built once per session.
+
+    Names: flux, chroma, sd3 (tiny_t5_families), qwen_image, z_image, lumina2, flux2 (tiny_llm_families).
+    """
+    from uce_devtools import tiny_llm_families, tiny_t5_families
+
+    builders = {
+        "flux": tiny_t5_families.flux_model,
+        "chroma": tiny_t5_families.chroma_model,
+        "sd3": tiny_t5_families.sd3_model,
+        "qwen_image": tiny_llm_families.qwen_image_model,
+        "z_image": tiny_llm_families.z_image_model,
+        "lumina2": tiny_llm_families.lumina2_model,
+        "flux2": tiny_llm_families.flux2_model,
+    }
+    built: dict = {}
+
+    def get(name: str) -> tiny_models.TinyFamilyModel:
+        if name not in built:
+            built[name] = builders[name]()
+        return built[name]
+
+    return get

@@ -143,7 +143,8 @@ def test_widgets_show_the_workflow_values(path, browser_report):
             assert _same(shown[name], expected[name]), f"{node['type']} {node['id']}.{name}: shows {shown[name]!r}, file has {expected[name]!r}"
         if node["type"] in UCE_CLASSES:
             uce_nodes += 1
-            assert names == list(info["input_order"]["required"])[2:]  # every input but model and clip
+            order = info["input_order"]
+            assert names == list(order["required"])[2:] + list(order.get("optional", []))  # all but model and clip
     assert uce_nodes >= 1
 
 

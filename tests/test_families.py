@@ -18,8 +18,6 @@ import pytest
 import safetensors.torch
 import torch
 from uce_devtools import comfy_env, tiny_models
-from uce_devtools import tiny_llm_families as llm
-from uce_devtools import tiny_t5_families as t5f
 from uce_devtools.graph import live_weights, run_node
 
 import uce_reference as ref
@@ -41,7 +39,6 @@ def sd3_segments(tokens):
 
 @dataclass(frozen=True)
 class FamilyCase:
-    build: Callable
     config_class: str
     cond_map: str  # patcher key of the map that reads the per-token rows
     pooled_map: Optional[str]  # patcher key of the map that reads the pooled vector
@@ -56,15 +53,15 @@ class FamilyCase:
 
 CASES = {
     "flux": FamilyCase(
-        t5f.flux_model, "Flux", "diffusion_model.txt_in.weight", "diffusion_model.vector_in.in_layer.weight", True,
+        "Flux", "diffusion_model.txt_in.weight", "diffusion_model.vector_in.in_layer.weight", True,
         lambda tokens, rows: t5_segments(tokens), sampling={"cfg": 1.0, "scheduler": "simple", "guidance": 3.5},
     ),
     "chroma": FamilyCase(
-        t5f.chroma_model, "Chroma", "diffusion_model.txt_in.weight", None, False,
+        "Chroma", "diffusion_model.txt_in.weight", None, False,
         lambda tokens, rows: t5_segments(tokens), sampling={"cfg": 4.0, "scheduler": "simple"},
     ),
     "sd3": FamilyCase(
-        t5f.sd3_model, "SD3", "diffusion_model.context_embedder.weight", "diffusion_model.y_embedder.mlp.0.weight",
+        "SD3", "diffusion_model.context_embedder.weight", "diffusion_model.y_embedder.mlp.0.weight",
         True, lambda tokens, rows: sd3_segments(tokens), sampling={"cfg": 4.5, "scheduler": "sgm_uniform"},
     ),
 }
@@ -86,22 +83,22 @@ CASES.update(
     {
         # cond: the prompt, then "<|im_end|>\n<|im_start|>assistant\n" (the prefix is cut off by the encoder)
         "qwen_image": FamilyCase(
-            llm.qwen_image_model, "QwenImage", "diffusion_model.txt_in.weight", None, False, template_segments(5),
+            "QwenImage", "diffusion_model.txt_in.weight", None, False, template_segments(5),
             norm="diffusion_model.txt_norm", sampling={"cfg": 2.5, "scheduler": "simple"},
         ),
         # cond: "<|im_start|>user\n", the prompt, the same 5-token suffix
         "z_image": FamilyCase(
-            llm.z_image_model, "ZImage", "diffusion_model.cap_embedder.1.weight", None, False, template_segments(5),
+            "ZImage", "diffusion_model.cap_embedder.1.weight", None, False, template_segments(5),
             norm="diffusion_model.cap_embedder.0", sampling={"cfg": 1.0, "scheduler": "simple"},
         ),
         # cond: BOS, the system prompt, "<Prompt Start>", the prompt (no suffix)
         "lumina2": FamilyCase(
-            llm.lumina2_model, "Lumina2", "diffusion_model.cap_embedder.1.weight", None, False, template_segments(0),
+            "Lumina2", "diffusion_model.cap_embedder.1.weight", None, False, template_segments(0),
             norm="diffusion_model.cap_embedder.0", prompt_format="lumina2", sampling={"cfg": 4.0, "scheduler": "simple"},
         ),
         # cond: BOS, [SYSTEM_PROMPT] … [/SYSTEM_PROMPT], [INST], the prompt, [/INST]; txt_in has no bias
         "flux2": FamilyCase(
-            llm.flux2_model, "Flux2", "diffusion_model.txt_in.weight", None, False, template_segments(1), bias=False,
+            "Flux2", "diffusion_model.txt_in.weight", None, False, template_segments(1), bias=False,
             sampling={"cfg": 1.0, "scheduler": "simple", "guidance": 4.0}, latent="EmptyFlux2LatentImage",
         ),
     }
@@ -114,16 +111,10 @@ def extra_nodes(comfy):
     comfy_env.init_extra_nodes()  # EmptySD3LatentImage, FluxGuidance, ModelSave, LoraLoaderModelOnly …
 
 
-_built: dict = {}
-
-
 @pytest.fixture
-def tiny(comfy, pack, request):
-    """The family's tiny MODEL + CLIP (built once per session)."""
-    family = request.param
-    if family not in _built:
-        _built[family] = CASES[family].build()
-    return family, CASES[family], _built[family]
+def tiny(pack, tiny_family, request):
+    """(name, what the test knows of the family, its tiny MODEL + CLIP built once per session)."""
+    return request.param, CASES[request.param], tiny_family(request.param)
 
 
 def families(*names):
@@ -331,13 +322,32 @@ def test_model_save_writes_the_edited_weights(pack, tiny, extra_nodes, comfy):
 
 
 @families()
-def test_a_clip_of_another_family_is_refused_naming_both(pack, tiny, sd15):
+def test_a_clip_of_another_family_is_refused_naming_both(pack, tiny, tiny_family, sd15):
     family, case, built = tiny
     with pytest.raises(ValueError, match=rf"the CLIP gives 768-wide text conditioning but this {case.config_class} MODEL"):
         erase(pack, built.model, sd15[1])
     other = "chroma" if family != "chroma" else "flux"
-    if other not in _built:
-        _built[other] = CASES[other].build()
     with pytest.raises(ValueError, match="the CLIP does not match the MODEL") as refused:
-        erase(pack, built.model, _built[other].clip)
-    assert case.config_class in str(refused.value)
+        erase(pack, built.model, tiny_family(other).clip)
+    assert case.config_class in str(refused.value) and "t5xxl" in str(refused.value)
+
+
+def test_the_edit_follows_the_clips_t5_padding_options(pack, tiny_family, extra_nodes):
+    """T5 rows depend on the padding (Flux reads all of them): the edit uses the CLIP's own tokenizer
+    options, so a CLIP after T5TokenizerOptions gets an edit computed on its shorter rows."""
+    flux = tiny_family("flux")
+    short = run_node("T5TokenizerOptions", clip=flux.clip, min_padding=0, min_length=8)[0]
+    rows = pack.nodes.text_rows.encode_prompts(short, ["Van Gogh"], cache=None)["Van Gogh"].rows
+    assert rows.shape[0] == 8
+    key = CASES["flux"].cond_map
+    padded, _ = erase(pack, flux.model, flux.clip, concepts="Van Gogh", pooled="off")
+    shortened, _ = erase(pack, flux.model, short, concepts="Van Gogh", pooled="off")
+    base = live_weights(flux.model, [key])[key].double()
+    w0, expected = expected_erase(
+        CASES["flux"], flux.model, short, ["Van Gogh"], "", ["a bicycle", "a lighthouse", ""], "paper", key,
+        preserve_scale=1 / 3,
+    )
+    got = live_weights(shortened, [key])[key].double() - base
+    assert torch.linalg.norm(got - expected) < 1e-4 * torch.linalg.norm(expected)
+    other = live_weights(padded, [key])[key].double() - base
+    assert torch.linalg.norm(other - got) > 0.1 * torch.linalg.norm(got)

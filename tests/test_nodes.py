@@ -289,3 +289,28 @@ def test_non_finite_weights_give_a_clear_error(pack, sd15, sd15_kv):
     broken.add_patches({sd15_kv[0]: ("diff", (nan_diff,))})
     with pytest.raises(ValueError, match="NaN or infinite"):
         run_uce(pack, "UCEEraseConcepts", broken, clip, concepts="cat", concept_type="custom", guide="", preserve="dog")
+
+
+def test_sdxl_pooled_option_edits_only_the_pooled_columns_of_label_emb(pack, sdxl_family):
+    """pooled on: label_emb's first linear map, on the CLIP-G pooled columns only (the size
+    embeddings after them stay), by the closed form on the pooled vectors; off by default."""
+    model, clip = sdxl_family.model, sdxl_family.clip
+    key = "diffusion_model.label_emb.0.0.weight"
+    values = dict(concepts="a red sports car", concept_type="object", guide="", preserve="a bicycle", expand_prompts=False)
+    default, _ = run_uce(pack, "UCEEraseConcepts", model, clip, **values)
+    assert key not in default.patches
+    edited, report = run_uce(pack, "UCEEraseConcepts", model, clip, **values, pooled="on")
+    assert key in edited.patches and "label_emb (pooled)" in report
+    base = live_weights(model, [key])[key]
+    delta = live_weights(edited, [key])[key].double() - base.double()
+    assert delta.shape == (base.shape[0], 2816) and delta[:, 1280:].abs().max() == 0
+
+    def pooled(text):
+        out = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True, return_dict=True)
+        return out["pooled_output"].float(), 0
+
+    expected = ref.reference_erase(
+        {key: base[:, :1280]}, [(pooled("a red sports car"), pooled(""))], [pooled("a bicycle"), pooled("")],
+        "last_token", 1.0, 0.5, 0.5,
+    )[key]
+    assert torch.linalg.norm(delta[:, :1280] - expected) < 1e-4 * torch.linalg.norm(expected)

@@ -89,3 +89,25 @@ def test_repeated_edit_encodes_nothing_again(pack, sd15):
         _, report = node.edit(model, clip, **{**values, "erase_scale": 2.0})  # a tweak of the same edit
     assert cache.misses == misses
     assert "preserve: 3 prompts, 231 rows" in report
+
+
+@pytest.mark.parametrize("family", ["flux", "chroma", "z_image", "lumina2", "flux2"])
+def test_batched_encoding_of_dit_families_gives_the_sampler_conditioning(pack, text_rows, tiny_family, family):
+    """Prompts of equal token length share an encoder pass (Chroma's and the LLMs' lengths vary: grouped)."""
+    clip = tiny_family(family).clip
+    prompt_format = pack.nodes.families.family_of_clip(text_rows.clip_encoders(clip)).prompt_format
+    batched = text_rows.encode_prompts(clip, PROMPTS, batch_size=8, cache=None)
+    for text in PROMPTS:
+        expected = one_by_one(clip, prompt_format.format(text))
+        got = batched[text].rows
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_pooled_vectors_come_one_prompt_per_pass(text_rows, tiny_family):
+    """ComfyUI returns only the first chunk's pooled vector, so prompts that need theirs are encoded one by one."""
+    clip = tiny_family("flux").clip
+    encoded = text_rows.encode_prompts(clip, PROMPTS[:4], pooled=True, cache=None)
+    for text in PROMPTS[:4]:
+        expected = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True, return_dict=True)["pooled_output"][0]
+        torch.testing.assert_close(encoded[text].pooled, expected.float(), rtol=1e-5, atol=1e-5)

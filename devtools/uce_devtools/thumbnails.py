@@ -43,6 +43,11 @@ UCE_SUMMARY_INPUTS = {
 MAX_BYTES = 60_000
 DISPLAY_NAMES = {  # ComfyUI's display names of the built-in nodes the examples use
     "CheckpointLoaderSimple": "Load Checkpoint",
+    "UNETLoader": "Load Diffusion Model",
+    "DualCLIPLoader": "DualCLIPLoader",
+    "VAELoader": "Load VAE",
+    "FluxGuidance": "FluxGuidance",
+    "EmptySD3LatentImage": "EmptySD3LatentImage",
     "CheckpointSave": "Save Checkpoint",
     "CLIPTextEncode": "CLIP Text Encode (Prompt)",
     "EmptyLatentImage": "Empty Latent Image",

@@ -3,7 +3,10 @@
 // the page shows as JSON. tests/test_browser.py starts the server, runs this and checks the result.
 //
 //   node load_workflows.mjs --url http://127.0.0.1:PORT --out result.json --shots DIR \
-//        [--chromium /usr/bin/chromium] [--modules DIR/node_modules] workflow.json ...
+//        [--chromium /usr/bin/chromium] [--modules DIR/node_modules] [--resave DIR] workflow.json ...
+//
+// --resave DIR also writes each workflow as the frontend serialises it after loading (what its Save
+// writes) to DIR/<name>.json: the way the example workflows are kept in the frontend's own format.
 //
 // The report holds, per workflow: the nodes (type, registered or not, error flag, widget names and
 // values), the missing-nodes dialog text if one opened, toasts; plus a negative control (a workflow
@@ -22,6 +25,7 @@ function parseArgs(argv) {
     else if (arg === "--shots") options.shots = argv[++i];
     else if (arg === "--chromium") options.chromium = argv[++i];
     else if (arg === "--modules") options.modules = argv[++i];
+    else if (arg === "--resave") options.resave = argv[++i];
     else options.files.push(arg);
   }
   if (!options.url || !options.out || !options.shots) {
@@ -86,6 +90,11 @@ try {
     step(`loading ${name}`);
     const workflow = JSON.parse(fs.readFileSync(file, "utf8"));
     report.workflows[name] = await loadAndInspect(page, workflow, name);
+    if (options.resave) {
+      const saved = await page.evaluate(() => window.app.graph.serialize());
+      fs.mkdirSync(options.resave, { recursive: true });
+      fs.writeFileSync(path.join(options.resave, `${name}.json`), JSON.stringify(saved, null, 2) + "\n");
+    }
     await closeDialogs(page);
     await fitView(page);
     await page.screenshot({ path: path.join(options.shots, `${name}.png`) });
