@@ -47,7 +47,7 @@ class EditReport:
             f"UCE {self.label} on {self.family} ({self.family_name}): {_count(self.blocks, 'edited prompt')}, "
             f"{main.edit_rows} rows{more_edit} ({self.token_mode} token mode)",
             f"preserve: {_count(self.preserve_prompts, 'prompt')}, {main.preserve_rows} rows{more_kept}",
-            f"weights: {weights}, patch {self.patch_bytes / 2**20:.1f} MiB",
+            f"weights: {weights}, patch {_size(self.patch_bytes)}",
             f"device: {self.device}; encode {self.encode_seconds:.2f} s, solve {self.solve_seconds:.2f} s, "
             f"measure {self.measure_seconds:.2f} s, patch {self.patch_seconds:.2f} s, total {self.total_seconds:.2f} s",
         ]
@@ -64,6 +64,10 @@ class EditReport:
                 )
         lines.extend(self.notes)
         return "\n".join(lines)
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
 
 
 def _count(number: int, noun: str) -> str:

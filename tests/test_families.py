@@ -351,3 +351,28 @@ def test_the_edit_follows_the_clips_t5_padding_options(pack, tiny_family, extra_
     assert torch.linalg.norm(got - expected) < 1e-4 * torch.linalg.norm(expected)
     other = live_weights(padded, [key])[key].double() - base
     assert torch.linalg.norm(other - got) > 0.1 * torch.linalg.norm(got)
+
+
+# -- the README's table is the family table ---------------------------------------------------------------
+
+
+def test_readme_families_table_matches_the_family_table(pack):
+    """Every family entry has its README row: its ComfyUI class, every map it edits, its pooled default."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Supported families", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| ") and "`" in line.split("|")[1]]
+    by_class = {}
+    for cells in rows:
+        for name in cells[0].split("`")[1::2]:
+            by_class[name] = [cell.strip() for cell in cells]
+    for family in pack.nodes.families.FAMILIES:
+        (config_class,) = family.config_classes
+        assert config_class in by_class, f"{family.name} has no row in the README's families table"
+        name_cell, weights, rows_read, paper_mode, pooled, loaders = by_class[config_class]
+        for text_map in family.maps:
+            key = text_map.pattern.replace("\\.", ".").replace("diffusion_model.", "").replace(".weight", "")
+            shown = "attn2.to_k" if "attn2" in key else key
+            assert shown in weights, f"{family.name}: {shown} missing from {weights!r}"
+            assert ("+bias" in weights.split(shown, 1)[1].split(";")[0]) == text_map.bias or "attn2" in key
+        expected = ("on" if family.pooled_default else "off") if family.has_pooled else "—"
+        assert pooled == expected, f"{family.name}: README says pooled {pooled!r}, the table {expected!r}"
