@@ -132,44 +132,12 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
 
     deltas: dict = {}
     results = []
-    solve_seconds = measure_seconds = 0.0
     done = len(edit_texts) + len(settings.preserve)
     for group, kept in zip(groups, preserved):
-        solve_started = time.perf_counter()
-        edit = plan.build({text: group.rows_of(e) for text, e in encoded.items()}, settings.token_mode).to(device)
-        weights = model_weights.EffectiveWeights(model, group.keys, device, group.text_map.columns)
-        solution = uce_solver.solve(
-            weights,
-            edit,
-            kept.gram,
-            settings.scales,
-            step(done),
-            out_device=model.offload_device,
-            out_dtype=model_weights.patch_dtype(model, group.keys),
-        )
+        group_deltas, result = _solve_group(model, group, plan, encoded, kept, settings, device, step(done))
         done += len(group.keys)
-        measure_started = time.perf_counter()
-        # Measured on the patches as stored, so the report describes what sampling will use.
-        effect = uce_solver.measure_effect(
-            weights, solution.deltas, edit.sample_blocks(EFFECT_SAMPLE_ROWS), kept.sample, settings.strength
-        )
-        solve_seconds += measure_started - solve_started
-        measure_seconds += time.perf_counter() - measure_started
-        group_deltas = solution.deltas
-        if group.text_map.columns is not None:
-            in_features = model.model.state_dict()[group.keys[0]].shape[1]
-            group_deltas = model_weights.full_width(group_deltas, group.text_map.columns, in_features)
         deltas.update(group_deltas)
-        results.append(
-            GroupResult(
-                label=group.label,
-                weights=len(group.keys),
-                low_rank=sum(isinstance(d, uce_solver.LowRankDelta) for d in solution.deltas.values()),
-                edit_rows=solution.edit_rows,
-                preserve_rows=solution.preserve_rows,
-                effect=effect,
-            )
-        )
+        results.append(result)
     patch_started = time.perf_counter()
     edited = model_weights.patched_clone(model, deltas, settings.strength)
     patched_at = time.perf_counter()
@@ -177,21 +145,54 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
         label=plan.label,
         family=model_weights.model_family(model),
         family_name=family.name,
-        blocks=len(edit.block_texts),
+        blocks=results[0].blocks,
         preserve_prompts=len(settings.preserve),
         token_mode=settings.token_mode,
         groups=tuple(results),
         patch_bytes=uce_solver.storage_bytes(deltas.values()),
         device=str(device),
         encode_seconds=encoded_at - started,
-        solve_seconds=solve_seconds,
-        measure_seconds=measure_seconds,
+        solve_seconds=sum(r.solve_seconds for r in results),
+        measure_seconds=sum(r.measure_seconds for r in results),
         patch_seconds=patched_at - patch_started,
         total_seconds=patched_at - started,
         strength=settings.strength,
         notes=tuple(_notes(family, settings, pooled, groups)),
     )
     return edited, report
+
+
+def _solve_group(model, group, plan: Plan, encoded, kept, settings: EditSettings, device, progress):
+    """One group's closed form and its measured effect: (deltas as patches of the whole weights, GroupResult)."""
+    started = time.perf_counter()
+    edit = plan.build({text: group.rows_of(e) for text, e in encoded.items()}, settings.token_mode).to(device)
+    weights = model_weights.EffectiveWeights(model, group.keys, device, group.text_map.columns)
+    solution = uce_solver.solve(
+        weights,
+        edit,
+        kept.gram,
+        settings.scales,
+        progress,
+        out_device=model.offload_device,
+        out_dtype=model_weights.patch_dtype(model, group.keys),
+    )
+    solved_at = time.perf_counter()
+    # Measured on the patches as stored, so the report describes what sampling will use.
+    effect = uce_solver.measure_effect(
+        weights, solution.deltas, edit.sample_blocks(EFFECT_SAMPLE_ROWS), kept.sample, settings.strength
+    )
+    result = GroupResult(
+        label=group.label,
+        weights=len(group.keys),
+        low_rank=sum(isinstance(d, uce_solver.LowRankDelta) for d in solution.deltas.values()),
+        blocks=len(edit.block_texts),
+        edit_rows=solution.edit_rows,
+        preserve_rows=solution.preserve_rows,
+        effect=effect,
+        solve_seconds=solved_at - started,
+        measure_seconds=time.perf_counter() - solved_at,
+    )
+    return group.full_width(solution.deltas), result
 
 
 def _notes(family, settings: EditSettings, pooled: bool, groups) -> list[str]:

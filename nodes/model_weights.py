@@ -58,6 +58,7 @@ class MapGroup:
     text_map: TextMap
     keys: tuple[str, ...]
     width: int  # the width of the text rows they read
+    in_features: int  # the weights' full input width (wider than ``width`` when the text has some columns)
     norm: Optional[RowNorm] = None
 
     @property
@@ -71,6 +72,12 @@ class MapGroup:
     def view_key(self) -> tuple:
         """What, besides the text and the CLIP, determines this group's rows (for caches)."""
         return (self.text_map.source, None if self.norm is None else self.norm.digest())
+
+    def full_width(self, deltas: Mapping[str, Delta]) -> Mapping[str, Delta]:
+        """The solved deltas as patches of the whole weights (zero outside the text's columns)."""
+        if self.text_map.columns is None:
+            return deltas
+        return pad_columns(deltas, self.text_map.columns, self.in_features)
 
     def rows_of(self, encoded) -> EncodedPrompt:
         """The rows these weights read for one encoded prompt (text_rows.EncodedText)."""
@@ -106,7 +113,8 @@ def text_map_groups(model, family: Family, projections: str = "keys+values", poo
         widths = {_text_width(state[k].shape, text_map) for k in keys}
         if len(widths) != 1:
             raise ValueError(f"{text_map.label} weights of mixed input widths {sorted(widths)} are not supported")
-        groups.append(MapGroup(text_map, tuple(keys), widths.pop(), _row_norm(model, text_map)))
+        in_features = state[keys[0]].shape[1]
+        groups.append(MapGroup(text_map, tuple(keys), widths.pop(), in_features, _row_norm(model, text_map)))
     if not groups:
         raise ValueError(
             f"this MODEL ({model_family(model)}) has none of the {family.name} text-reading weights "
@@ -183,7 +191,7 @@ class EffectiveWeights(Mapping):
         return len(self.shapes)
 
 
-def full_width(deltas: Mapping[str, Delta], columns: tuple[int, int], in_features: int) -> dict[str, Delta]:
+def pad_columns(deltas: Mapping[str, Delta], columns: tuple[int, int], in_features: int) -> dict[str, Delta]:
     """Deltas of weights restricted to ``columns``, padded with zeros to the weights' ``in_features``."""
     start, stop = columns
     padded: dict[int, torch.Tensor] = {}  # a shared factor stays shared

@@ -14,9 +14,12 @@ class GroupResult:
     label: str
     weights: int
     low_rank: int
+    blocks: int  # edited prompts
     edit_rows: int
     preserve_rows: int
     effect: EditEffect
+    solve_seconds: float
+    measure_seconds: float
 
 
 @dataclass(frozen=True)
