@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from .comfy_env import import_comfyui
-from .tiny_models import TinyFamilyModel, _generator, randomize_
+from .tiny_models import TinyFamilyModel, init_text_dit_, model_patcher, randomize_
 
 # Bump whenever a builder changes what it builds or caches.
 TINY_LLM_FAMILIES_VERSION = "v1"
@@ -391,34 +391,13 @@ def tiny_tekken_json() -> bytes:
 
 
 def _build_dit(family: str, config_class: type, unet_config: dict, seed: int) -> Any:
-    """The family's BaseModel in float32 on the CPU, randomized and with seeded text map, in a ModelPatcher."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
-
-    model_config = config_class(unet_config)
-    model_config.set_inference_dtype(torch.float32, None)
-    base_model = model_config.get_model({}, "", device=torch.device("cpu"))
-    _init_dit_(base_model.diffusion_model, family, seed)
-    return comfy.model_patcher.ModelPatcher(
-        base_model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    """The family's MODEL (float32 on the CPU), randomized, with a seeded text-map bias and text-norm weight."""
+    norms = [TEXT_NORMS[family]] if family in TEXT_NORMS else []
+    return model_patcher(
+        config_class,
+        unet_config,
+        lambda dit: init_text_dit_(dit, seed, f"{family}.dit", [TEXT_MAPS[family]], norms, TEXT_BIAS_STD, TEXT_NORM_STD),
     )
-
-
-def _init_dit_(diffusion_model: torch.nn.Module, family: str, seed: int) -> None:
-    """randomize_, then unit RMSNorm scales, a seeded text-map bias and seeded text-norm weights."""
-    tag = f"{family}.dit"
-    randomize_(diffusion_model, seed, tag)
-    with torch.no_grad():
-        for name, param in diffusion_model.named_parameters():
-            if name.endswith(".scale") and param.ndim == 1:
-                param.fill_(1.0)
-        bias = diffusion_model.get_submodule(TEXT_MAPS[family]).bias
-        if bias is not None:
-            bias.copy_(_seeded_randn(bias.shape, seed, f"{tag}.{TEXT_MAPS[family]}.bias") * TEXT_BIAS_STD)
-        if family in TEXT_NORMS:
-            weight = diffusion_model.get_submodule(TEXT_NORMS[family]).weight
-            noise = _seeded_randn(weight.shape, seed, f"{tag}.{TEXT_NORMS[family]}.weight")
-            weight.copy_(1.0 + TEXT_NORM_STD * noise)
 
 
 def _build_clip(
@@ -457,10 +436,6 @@ def _check_clip(clip: Any, family: str) -> None:
         raise RuntimeError(f"tiny {family} text encoder: conditioning is not finite")
     if conds[0].shape == conds[1].shape and torch.equal(conds[0], conds[1]):
         raise RuntimeError(f"tiny {family} text encoder: conditioning does not depend on the prompt")
-
-
-def _seeded_randn(shape: torch.Size, seed: int, name: str) -> torch.Tensor:
-    return torch.randn(tuple(shape), generator=_generator(seed, name))
 
 
 def _byte_bpe_merges(text: str, count: int) -> list[bytes]:

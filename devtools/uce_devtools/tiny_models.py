@@ -17,7 +17,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -319,9 +319,21 @@ def _tiny_taesd(seed: int) -> torch.nn.Module:
 def _build_family(family: str, config_class: type, unet_config: dict, clip_options: dict, seed: int) -> TinyFamilyModel:
     """Build MODEL + CLIP the way comfy.sd.load_state_dict_guess_config does, minus the state dict."""
     import_comfyui()
+    import comfy.sd
+
+    model_config = config_class(unet_config)
+    model = model_patcher(config_class, unet_config, lambda unet: randomize_(unet, seed, f"{family}.unet"))
+    clip = comfy.sd.CLIP(model_config.clip_target(), model_options=clip_options)
+    randomize_(clip.cond_stage_model, seed, f"{family}.clip")
+    return TinyFamilyModel(model=model, clip=clip, family=family)
+
+
+def model_patcher(config_class: type, unet_config: dict, init: Callable[[torch.nn.Module], None]) -> Any:
+    """A MODEL (ModelPatcher) of ``config_class`` built as comfy.sd.load_state_dict_guess_config builds
+    one, minus the state dict: ComfyUI's dtype for its device, weights filled by ``init(diffusion_model)``."""
+    import_comfyui()
     import comfy.model_management as mm
     import comfy.model_patcher
-    import comfy.sd
 
     model_config = config_class(unet_config)
     load_device = mm.get_torch_device()
@@ -329,14 +341,38 @@ def _build_family(family: str, config_class: type, unet_config: dict, clip_optio
     manual_cast_dtype = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(unet_dtype, manual_cast_dtype)
     base_model = model_config.get_model({}, "", device=torch.device("cpu"))
-    randomize_(base_model.diffusion_model, seed, f"{family}.unet")
-    model = comfy.model_patcher.ModelPatcher(
-        base_model, load_device=load_device, offload_device=mm.unet_offload_device()
-    )
+    init(base_model.diffusion_model)
+    return comfy.model_patcher.ModelPatcher(base_model, load_device=load_device, offload_device=mm.unet_offload_device())
 
-    clip = comfy.sd.CLIP(model_config.clip_target(), model_options=clip_options)
-    randomize_(clip.cond_stage_model, seed, f"{family}.clip")
-    return TinyFamilyModel(model=model, clip=clip, family=family)
+
+def init_text_dit_(
+    diffusion_model: torch.nn.Module,
+    seed: int,
+    tag: str,
+    text_maps: Sequence[str],
+    text_norms: Sequence[str] = (),
+    bias_std: float = 0.25,
+    norm_std: float = 0.2,
+) -> None:
+    """randomize_ a DiT, then set what makes its text input testable.
+
+    RMSNorm ``scale`` vectors (QK norms) are 1; the maps that read text (``text_maps``, module
+    names) get seeded N(0, bias_std) biases where they have one (randomize_ zeroes biases), and the
+    RMSNorms in front of them (``text_norms``) seeded weights 1 + norm_std * N(0, 1), so that a test
+    can tell whether a bias or a norm weight was applied.
+    """
+    randomize_(diffusion_model, seed, tag)
+    with torch.no_grad():
+        for name, param in diffusion_model.named_parameters():
+            if name.endswith(".scale") and param.ndim == 1:
+                param.fill_(1.0)
+        for module_name in text_maps:
+            bias = diffusion_model.get_submodule(module_name).bias
+            if bias is not None:
+                bias.copy_(_seeded_normal(bias.shape, bias_std, seed, f"{tag}.{module_name}.bias"))
+        for module_name in text_norms:
+            weight = diffusion_model.get_submodule(module_name).weight
+            weight.copy_(1.0 + _seeded_normal(weight.shape, norm_std, seed, f"{tag}.{module_name}.weight"))
 
 
 def _lora_target_shapes(model_patcher_or_keys: Any, targets: str) -> dict[str, tuple[int, ...]]:

@@ -26,7 +26,15 @@ import torch
 
 from .comfy_env import import_comfyui
 from .paths import CACHE_DIR
-from .tiny_models import TINY_MODELS_VERSION, TinyFamilyModel, _generator, _save_safetensors_atomic, randomize_
+from .tiny_models import (
+    TINY_MODELS_VERSION,
+    TinyFamilyModel,
+    _generator,
+    _save_safetensors_atomic,
+    init_text_dit_,
+    model_patcher,
+    randomize_,
+)
 
 DIT_WIDTH = 64
 CLIP_LAYERS = 3
@@ -52,7 +60,7 @@ T5_RELATIVE_BIAS_STD = 1.0
 SD3_TAESD_VAE_SCALE = 2.0
 
 # Bump (with or without TINY_MODELS_VERSION) whenever tiny_sd3_checkpoint writes something else.
-SD3_CHECKPOINT_REVISION = 1
+SD3_CHECKPOINT_REVISION = 2
 
 
 def flux_unet_config(schnell: bool = False) -> dict:
@@ -236,41 +244,21 @@ def text_map_keys(family: str) -> tuple[str, ...]:
 def _build(
     family: str, config_class: type, unet_config: dict, clip_target: Any, clip_options: dict, seed: int
 ) -> TinyFamilyModel:
-    """Build MODEL + CLIP the way comfy.sd.load_state_dict_guess_config does, minus the state dict."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
+    """MODEL + CLIP of one family: the DiT from its config class, the CLIP from ``clip_target``."""
     import comfy.sd
 
-    model_config = config_class(unet_config)
-    load_device = mm.get_torch_device()
-    unet_dtype = mm.unet_dtype(model_params=-1, supported_dtypes=list(model_config.supported_inference_dtypes))
-    manual_cast_dtype = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
-    model_config.set_inference_dtype(unet_dtype, manual_cast_dtype)
-    base_model = model_config.get_model({}, "", device=torch.device("cpu"))
-    _init_dit_(base_model.diffusion_model, family, seed)
-    model = comfy.model_patcher.ModelPatcher(
-        base_model, load_device=load_device, offload_device=mm.unet_offload_device()
-    )
-
+    model = model_patcher(config_class, unet_config, lambda dit: _init_dit_(dit, family, seed))
     clip = comfy.sd.CLIP(clip_target, model_options=clip_options)
     _init_text_encoder_(clip.cond_stage_model, family, seed)
     return TinyFamilyModel(model=model, clip=clip, family=family)
 
 
 def _init_dit_(diffusion_model: torch.nn.Module, family: str, seed: int) -> None:
-    """randomize_, then unit RMSNorm scales, seeded text-map biases and (SD3) the position table."""
-    tag = f"{family}.dit"
-    randomize_(diffusion_model, seed, tag)
-    with torch.no_grad():
-        for name, param in diffusion_model.named_parameters():
-            if name.endswith(".scale") and param.ndim == 1:
-                param.fill_(1.0)
-        for module_name in TEXT_MAPS[family]:
-            bias = diffusion_model.get_submodule(module_name).bias
-            generator = _generator(seed, f"{tag}.{module_name}.bias")
-            bias.copy_(torch.randn(bias.shape, generator=generator) * TEXT_BIAS_STD)
-        pos_embed = getattr(diffusion_model, "pos_embed", None)
-        if pos_embed is not None:
+    """init_text_dit_ (seeded text-map biases, unit RMSNorm scales), then (SD3) the position table."""
+    init_text_dit_(diffusion_model, seed, f"{family}.dit", TEXT_MAPS[family], bias_std=TEXT_BIAS_STD)
+    pos_embed = getattr(diffusion_model, "pos_embed", None)
+    if pos_embed is not None:
+        with torch.no_grad():
             pos_embed.copy_(_sd3_pos_embed(diffusion_model.hidden_size, diffusion_model.pos_embed_max_size))
 
 
