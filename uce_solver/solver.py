@@ -133,11 +133,11 @@ def solve(
 
     preserved = _preserve_gram(preserve, edit.width, device)
     low_rank = {key: prefers_low_rank(edit.count, *shape) for key, shape in shapes.items()}
-    replacing = isinstance(edit.targets, GuideTargets)
-    need_dense = not all(low_rank.values())
-    down, direction_map = _shared_factors(
-        edit, preserved.gram, scales, need_down=any(low_rank.values()) or not replacing, need_map=replacing and need_dense
-    )
+    # Dense erase updates by replacement: W0 A (solving for A costs d right-hand sides) when the
+    # edit has at least d rows, else (V* - W0 C)^T down (m right-hand sides).
+    use_map = isinstance(edit.targets, GuideTargets) and not all(low_rank.values()) and edit.count >= edit.width
+    need_down = any(low_rank.values()) or not use_map
+    down, direction_map = _shared_factors(edit, preserved.gram, scales, need_down=need_down, need_map=use_map)
     down_c = None if down is None else down.to(dtype)
     map_c = None if direction_map is None else direction_map.to(dtype)
     out_dtype = out_dtype or dtype
@@ -177,11 +177,21 @@ def _shared_factors(edit: EditRows, preserve_sum: torch.Tensor, scales: Scales, 
 
     ``down = s_e C^T M^-1`` ([m, d]) for low-rank and generic dense updates, and for
     replacement erasing A = (G - C)^T down = s_e ((G - C)^T C) M^-1 ([d, d]),
-    computed with d right-hand sides instead of m (cheaper when m > d).
+    computed with d right-hand sides instead of m (cheaper when m > d). The Gram
+    products run over chunks of rows, so only ``down`` needs all m rows in float64
+    (and it is only asked for when m is small enough for low-rank patches).
     """
-    inputs = edit.inputs.to(torch.float64)
-    edit_gram = inputs.T @ inputs
-    m_matrix = scales.preserve * preserve_sum.to(inputs.device)
+    width = edit.width
+    device = edit.inputs.device
+    edit_gram = torch.zeros(width, width, dtype=torch.float64, device=device)
+    cross = torch.zeros(width, width, dtype=torch.float64, device=device) if need_map else None  # G^T C
+    for start in range(0, edit.count, GRAM_CHUNK_ROWS):
+        chunk = edit.inputs[start : start + GRAM_CHUNK_ROWS].to(torch.float64)
+        edit_gram.addmm_(chunk.T, chunk)
+        if cross is not None:
+            guide = edit.targets.guide_rows[start : start + GRAM_CHUNK_ROWS].to(device, torch.float64)
+            cross.addmm_(guide.T, chunk)
+    m_matrix = scales.preserve * preserve_sum.to(device)
     m_matrix.add_(edit_gram, alpha=scales.erase)
     m_matrix.diagonal().add_(scales.lamb)
     factor, info = torch.linalg.cholesky_ex(m_matrix)
@@ -192,9 +202,9 @@ def _shared_factors(edit: EditRows, preserve_sum: torch.Tensor, scales: Scales, 
         )
     down = direction_map = None
     if need_down:
-        down = torch.cholesky_solve(inputs.T.contiguous(), factor).T.mul_(scales.erase)
+        down = torch.cholesky_solve(edit.inputs.to(torch.float64).T.contiguous(), factor).T.mul_(scales.erase)
     if need_map:
-        cross = edit.targets.guide_rows.to(torch.float64).T @ inputs - edit_gram  # (G - C)^T C
+        cross.sub_(edit_gram)  # (G - C)^T C
         direction_map = torch.cholesky_solve(cross.T.contiguous(), factor).T.mul_(scales.erase)
     for name, factor_matrix in (("down", down), ("A", direction_map)):
         if factor_matrix is not None and not torch.isfinite(factor_matrix).all():
