@@ -14,7 +14,21 @@ from .comfy_cases import Comfy
 def run_case(comfy: Comfy, artists: int, preserve: Optional[int]) -> dict:
     """Erase ``artists`` (the paper's erased set of that size, or the first N) toward "art", preserving
     ``preserve`` other artists (None: all of the paper's list) plus "". Caches are cleared first."""
-    package = comfy.pack.__name__
+    result = run_edit_twice(comfy.pack, comfy.model, comfy.clip, artists, preserve)
+    main = result["groups"][0]
+    result.update(
+        layers=sum(g["weights"] for g in result["groups"]),
+        low_rank_layers=sum(g["low_rank"] for g in result["groups"]),
+        edit_rows=main["edit_rows"],
+        preserve_rows=main["preserve_rows"],
+        checkpoint=comfy.checkpoint,
+    )
+    return result
+
+
+def run_edit_twice(pack, model, clip, artists: int, preserve: Optional[int]) -> dict:
+    """The edit runner on ``model`` / ``clip``, first and repeated run (text caches cleared first)."""
+    package = pack.__name__
     runner = importlib.import_module(f"{package}.nodes.edit_runner")
     solver = importlib.import_module(f"{package}.uce_solver")
     text_cache = importlib.import_module(f"{package}.nodes.text_cache")
@@ -31,7 +45,7 @@ def run_case(comfy: Comfy, artists: int, preserve: Optional[int]) -> dict:
     runs = {}
     with torch.inference_mode():
         for name in ("first", "repeated"):
-            _, report = runner.run_edit(comfy.model, comfy.clip, plan, settings)
+            _, report = runner.run_edit(model, clip, plan, settings)
             runs[name] = {
                 "encode_seconds": report.encode_seconds,
                 "solve_seconds": report.solve_seconds,
@@ -45,12 +59,23 @@ def run_case(comfy: Comfy, artists: int, preserve: Optional[int]) -> dict:
         "artists": len(split.erased),
         "preserve_prompts": len(preserve_texts),
         "source": split.source,
-        "layers": report.layers,
-        "low_rank_layers": report.low_rank_layers,
-        "edit_rows": report.edit_rows,
-        "preserve_rows": report.preserve_rows,
+        "family": report.family_name,
+        "groups": [group_dict(g) for g in report.groups],
         "device": report.device,
-        "checkpoint": comfy.checkpoint,
         "runs": runs,
         "repeat_encode_ratio": runs["repeated"]["encode_seconds"] / runs["first"]["encode_seconds"],
+    }
+
+
+def group_dict(group) -> dict:
+    """One solved group of the node report (nodes/report.py GroupResult) as plain data."""
+    effect = group.effect
+    return {
+        "label": group.label,
+        "weights": group.weights,
+        "low_rank": group.low_rank,
+        "edit_rows": group.edit_rows,
+        "preserve_rows": group.preserve_rows,
+        "target_gap_remaining": effect.target_gap_remaining,
+        "preserve_shift": effect.preserve_shift,
     }

@@ -444,6 +444,10 @@ def markdown(results: dict) -> str:
     if results.get("encoding"):
         parts.append(encoding_table(results["encoding"]))
     parts.append(NOTES)
+    if results.get("dit"):
+        from . import dit_report
+
+        parts.append(dit_report.markdown(results["dit"]))
     if results.get("plot_note"):
         parts.append(results["plot_note"])
     return "\n\n".join(parts) + "\n"
@@ -491,6 +495,8 @@ def plot(results: dict, path: Path) -> Optional[str]:
         return "plot skipped: matplotlib is not installed (scripts/setup.sh installs it)"
     cases = [c for c in results["solver"] if "reference" in c]
     e2e = [c for c in results.get("e2e", []) if "skipped" not in c]
+    if not cases and not e2e:
+        return "plot skipped: no solver or end-to-end cases in this run (the DiT part has tables only)"
     panels = 1 + bool(e2e)
     fig, axes = plt.subplots(1, panels, figsize=(13 if panels == 2 else 9, max(4, 0.45 * len(cases) + 1.5)))
     axes = axes if panels > 1 else [axes]
@@ -517,7 +523,8 @@ def plot(results: dict, path: Path) -> Optional[str]:
     ax.set_yticks(range(len(cases)))
     ax.set_yticklabels([c["case"] for c in cases], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xscale("log")
+    if cases:
+        ax.set_xscale("log")
     ax.set_xlabel("seconds (log; hatched = extrapolated)")
     ax.set_title(f"Solver only ({results['machine']['device']})")
     ax.legend(fontsize=8, loc="upper right")

@@ -1,12 +1,14 @@
 """UCE benchmark: prints a markdown table and writes results.md, results.json and bench.png.
 
     bench/run.sh                       # the one command (sets up .venv and ComfyUI first)
-    .venv/bin/python bench/run.py [--smoke] [--out out/bench] [--device cpu|cuda] [--only solver,e2e,encoding]
+    .venv/bin/python bench/run.py [--smoke] [--out out/bench] [--device cpu|cuda] [--only solver,e2e,encoding,dit]
 
 Cases (issue 3): the solver alone on SD1.5 / SDXL K/V shapes (1 to 1,000 erased concepts, with and
 without the paper's preserve list) beside the naive per-layer reference and a naive GEMM baseline;
 end to end through ComfyUI in-process on the tiny checkpoint (first and repeated run); batched vs
-one-by-one text encoding. ``--smoke`` runs the same code paths on tiny sizes in seconds.
+one-by-one text encoding; the DiT part (``dit``): the solver on Flux.1 and SD3.5-large text-map shapes
+with streamed preserve rows, and the tiny Flux / SD3 models end to end. ``--smoke`` runs the same code
+paths on tiny sizes in seconds.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def _load_bench():
 _load_bench()
 from uce_bench import report, shapes, solver_cases  # noqa: E402
 
-PARTS = ("solver", "e2e", "encoding")
+PARTS = ("solver", "e2e", "encoding", "dit")
 
 
 def parse_args(argv=None):
@@ -56,7 +58,7 @@ def parse_args(argv=None):
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, same code paths, seconds (CI)")
     parser.add_argument("--out", default=str(REPO_ROOT / "out" / "bench"), help="output folder (default out/bench)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available, else cpu)")
-    parser.add_argument("--only", default=",".join(PARTS), help="comma list of parts: solver,e2e,encoding")
+    parser.add_argument("--only", default=",".join(PARTS), help="comma list of parts: solver,e2e,encoding,dit")
     parser.add_argument("--models", default="sd15,sdxl", help="solver cases: comma list of sd15,sdxl")
     parser.add_argument("--concepts", default="1,10,100,1000", help="solver cases: erased concept counts")
     parser.add_argument(
@@ -85,6 +87,27 @@ def parse_args(argv=None):
         help="also run the paper's 100-artist case end to end (100 artists + 1,634 preserve prompts; slow on CPU)",
     )
     parser.add_argument("--encode-prompts", type=int, default=200, help="prompts of the encoding case")
+    parser.add_argument("--dit-models", default="flux,sd35", help="dit part: comma list of flux,sd35")
+    parser.add_argument("--dit-concepts", default="1,100,1000", help="dit part: erased concept counts")
+    parser.add_argument(
+        "--dit-check-preserve",
+        type=int,
+        default=None,
+        help="dit part: preserve prompts of the check case (1 concept, reference and float64 on every prompt; "
+        "default 300 on a GPU, 8 on the CPU)",
+    )
+    parser.add_argument(
+        "--dit-memory-gib",
+        type=float,
+        default=None,
+        help="dit part: memory an edit may use; larger edits run fewer concepts (default 80%% of available memory)",
+    )
+    parser.add_argument(
+        "--dit-exact-all",
+        action="store_true",
+        help="dit part: compare every case with the float64 closed form (always on a GPU; on the CPU only the "
+        "smallest count's cases by default: it streams every preserve row once more)",
+    )
     return parser.parse_args(argv)
 
 
@@ -105,6 +128,60 @@ def solver_plan(args) -> list:
         if model is shapes.SDXL:
             plan.append(solver_cases.SolverCase(model, 1, False, mode="last_token", baselines=False))
     return plan
+
+
+def dit_plan(args, solver, device) -> list:
+    """Check cases first, then each concept count for Flux.1 and SD3.5-large (smoke: tiny maps)."""
+    from uce_bench import dit_cases as dc
+
+    if args.smoke:
+        squeezed = dc.model_needed_bytes(solver, dc.TINY_FLUX, 3, device)  # 4 asked, 3 fit: the fitting path runs
+        return [
+            dc.DitCase(dc.TINY_FLUX, 1, preserve=4, check=True),
+            dc.DitCase(dc.TINY_FLUX, 2, exact=True),
+            dc.DitCase(dc.TINY_FLUX, 4, memory_bytes=squeezed),
+            dc.DitCase(dc.TINY_SD3, 1, preserve=4, check=True),
+            dc.DitCase(dc.TINY_SD3, 2),
+        ]
+    on_gpu = device.startswith("cuda")
+    check = args.dit_check_preserve or (300 if on_gpu else 8)
+    memory = None if args.dit_memory_gib is None else int(args.dit_memory_gib * 2**30)
+    known = {"flux": dc.FLUX, "sd35": dc.SD35_LARGE}
+    models = [known[name.strip().lower()] for name in args.dit_models.split(",")]
+    plan = [dc.DitCase(model, 1, preserve=check, check=True) for model in models]
+    counts = sorted(int(x) for x in args.dit_concepts.split(","))
+    for n in counts:  # the largest edits last
+        exact = args.dit_exact_all or on_gpu or n == counts[0]
+        plan += [dc.DitCase(model, n, exact=exact, memory_bytes=memory) for model in models]
+    return plan
+
+
+def dit_part(args, device, budget, started, out_dir: Path) -> dict:
+    """DiT solver cases on real text-map shapes, then the tiny Flux / SD3 models end to end in ComfyUI.
+
+    Each finished case is also written to dit-partial.json, so a run killed later keeps it.
+    """
+    from uce_bench import dit_cases
+    from uce_devtools import comfy_env
+
+    solver = comfy_env.load_solver()
+    out = {"solver": [], "e2e": []}
+    for case in dit_plan(args, solver, device):
+        log(f"dit: {case.name}", started)
+        try:
+            with torch.inference_mode():
+                out["solver"].append(dit_cases.run_case(solver, case, device, budget))
+        except Exception as error:  # noqa: BLE001 - one failed case must not lose the others
+            traceback.print_exc()
+            out["solver"].append({"case": case.name, "skipped": f"failed: {type(error).__name__}: {error}"})
+        (out_dir / "dit-partial.json").write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    artists, preserve = (2, 5) if args.smoke else (10, 200)
+    log(f"dit: tiny Flux and SD3 end to end, {artists} artists + {preserve} preserve prompts", started)
+    out["e2e"] = dit_cases.run_e2e(device, artists, preserve)
+    return out
 
 
 def log(message: str, started: float) -> None:
@@ -150,6 +227,7 @@ def main(argv=None) -> int:
         "solver": [],
         "e2e": [],
         "encoding": None,
+        "dit": None,
     }
 
     if "solver" in parts:
@@ -169,6 +247,9 @@ def main(argv=None) -> int:
 
     if parts & {"e2e", "encoding"}:
         results["e2e"], results["encoding"] = comfy_parts(args, parts, device, started)
+
+    if "dit" in parts:
+        results["dit"] = dit_part(args, device, budget, started, out)
 
     results["wall_seconds"] = time.perf_counter() - started
     note = report.plot(results, out / "bench.png")

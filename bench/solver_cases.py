@@ -168,7 +168,7 @@ def run_case(solver, case: SolverCase, device, budget: Budget, pools: dict) -> d
         result["fast_f32"]["rel_diff_exact"] = _max_diff(solution32.deltas, exact_deltas)
 
     result["gemm"] = _gemm_baseline(data, case, device, budget, solution, exact)
-    result["reference"] = _reference_baseline(data, case, device, budget, solution, exact)
+    result["reference"] = reference_baseline(data, case, device, budget, solution, exact)
     for name in ("gemm", "reference"):
         result[name]["speedup"] = result[name]["seconds"] / fast_seconds
     return result
@@ -257,8 +257,13 @@ def _gemm_baseline(data: Inputs, case: SolverCase, device, budget: Budget, solut
     return result
 
 
-def _reference_baseline(data: Inputs, case: SolverCase, device, budget: Budget, solution, exact) -> dict:
-    """The original code's structure (batched outer products per prompt), per layer, float32."""
+def reference_baseline(data: Inputs, case: SolverCase, device, budget: Budget, solution, exact) -> dict:
+    """The original code's structure (batched outer products per prompt), per layer, float32.
+
+    Uses ``data.scales``, ``data.weights``, ``data.pairs`` and ``data.preserve_list`` (any sequence,
+    e.g. one that makes each prompt's rows on access), ``case.shapes`` and ``case.concepts``; ``exact``
+    is only consulted for layers run on all rows.
+    """
     sc = data.scales
     n_e, n_p = len(data.pairs), len(data.preserve_list)
     per_class, diffs, measured, subsampled, notes = {}, [], 0.0, False, []

@@ -79,24 +79,41 @@ def preserve_count(n_erased: int) -> tuple[int, str]:
 
 
 class RowFactory:
-    """Synthetic prompts of one width on one device: rows [n, 77, d] and last-token slots."""
+    """Synthetic prompts of one width on one device: rows [n, slots, d] (77 by default) and last-token slots."""
 
-    def __init__(self, width: int, device, seed: int = 0):
+    def __init__(self, width: int, device, seed: int = 0, slots: int = SLOTS, norm: float = ROW_NORM):
         self.width = width
         self.device = device
+        self.slots = slots
+        self.norm = norm
         gen = torch.Generator(device=device).manual_seed(seed)
         base = torch.randn(width, generator=gen, device=device)
-        slot = torch.randn(SLOTS, width, generator=gen, device=device)
+        slot = torch.randn(slots, width, generator=gen, device=device)
         shared = base + 0.5 * slot
-        self.shared = shared / shared.norm(dim=1, keepdim=True)  # [77, d] unit rows, common to all prompts
+        self.shared = shared / shared.norm(dim=1, keepdim=True)  # [slots, d] unit rows, common to all prompts
         self.seed = seed
 
     def rows(self, count: int, stream: int) -> torch.Tensor:
-        """``count`` prompts' rows [count, 77, d] (float32); ``stream`` picks an independent sequence."""
+        """``count`` prompts' rows [count, slots, d] (float32); ``stream`` picks an independent sequence."""
         gen = torch.Generator(device=self.device).manual_seed(self.seed * 1000 + stream + 1)
-        out = torch.randn(count, SLOTS, self.width, generator=gen, device=self.device)
-        out.mul_(0.8 / self.width**0.5).add_(0.6 * self.shared)
-        return out.mul_(ROW_NORM)
+        out = torch.randn(count, self.slots, self.width, generator=gen, device=self.device)
+        return self._shape(out)
+
+    def prompt_rows(self, indices, stream: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Rows [len(indices), slots, d] of the prompts with these indices, each drawn from its own seed,
+        so any chunk or subset of a stream gives the same rows. ``out``: a (possibly strided) view to fill."""
+        if out is None:
+            out = torch.empty(len(indices), self.slots, self.width, device=self.device)
+        gen = torch.Generator(device=self.device)
+        for j, index in enumerate(indices):
+            gen.manual_seed(((self.seed * 1000 + stream + 1) * 10_000_019 + index) % 2**32)  # mt19937 keeps 32 bits
+            out[j].normal_(generator=gen)
+        return self._shape(out)
+
+    def _shape(self, noise: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise -> rows: a small random part plus the shared component, scaled to ``norm``."""
+        noise.mul_(0.8 / self.width**0.5).add_(0.6 * self.shared)
+        return noise.mul_(self.norm)
 
     def lasts(self, count: int, low: int, high: int, stream: int) -> list[int]:
         """Last-token slots drawn uniformly in [low, high]."""
