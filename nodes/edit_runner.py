@@ -106,7 +106,8 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
     started = time.perf_counter()
     family = model_weights.family_of(model)
     pooled = family.pooled_default if settings.pooled == "auto" else settings.pooled == "on"
-    groups = model_weights.text_map_groups(model, family, settings.projections, pooled)
+    device = _solve_device()
+    groups = model_weights.text_map_groups(model, family, settings.projections, pooled, device)
     edit_texts = list(dict.fromkeys(plan.texts()))
     _check_clip(clip, family, groups, model)
     text_rows.check_prompts(clip, edit_texts + settings.preserve, family)  # a bad prompt fails before any encoding
@@ -123,7 +124,6 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
 
     needs_pooled = any(group.pooled for group in groups)
     encoded = text_rows.encode_prompts(clip, edit_texts, progress=step(0), family=family, pooled=needs_pooled)
-    device = _solve_device()
     preserved = preserve_sets(
         clip, family, groups, settings.preserve, settings.token_mode, device, EFFECT_SAMPLE_ROWS,
         step(len(edit_texts)),
@@ -166,7 +166,7 @@ def _solve_group(model, group, plan: Plan, encoded, kept, settings: EditSettings
     """One group's closed form and its measured effect: (deltas as patches of the whole weights, GroupResult)."""
     started = time.perf_counter()
     edit = plan.build({text: group.rows_of(e) for text, e in encoded.items()}, settings.token_mode).to(device)
-    weights = model_weights.EffectiveWeights(model, group.keys, device, group.text_map.columns)
+    weights = group.weights(model, device)
     solution = uce_solver.solve(
         weights,
         edit,
@@ -192,7 +192,7 @@ def _solve_group(model, group, plan: Plan, encoded, kept, settings: EditSettings
         solve_seconds=solved_at - started,
         measure_seconds=time.perf_counter() - solved_at,
     )
-    return group.full_width(solution.deltas), result
+    return group.full_size(solution.deltas), result
 
 
 def _notes(family, settings: EditSettings, pooled: bool, groups) -> list[str]:
@@ -200,7 +200,7 @@ def _notes(family, settings: EditSettings, pooled: bool, groups) -> list[str]:
     notes = []
     if settings.pooled == "on" and not family.has_pooled:
         notes.append(f"pooled: {family.name} has no pooled text input; nothing more was edited")
-    has_kv = any(group.text_map.pattern == families.UNET_KV.pattern for group in groups)
+    has_kv = any(group.text_map.per_block_kv for group in groups)
     if settings.projections != "keys+values" and not has_kv:
         notes.append(
             f"projections: {family.name} reads text through {', '.join(g.label for g in groups)}, not per-block "
@@ -233,11 +233,11 @@ def _check_clip(clip, family, groups, model) -> None:
     )
     for group in groups:
         got, what = (pooled_width, "pooled text vector") if group.pooled else (cond_width, "text conditioning")
-        if got != group.width:
+        if got != group.encoder_width:
             got_text = "no" if got is None else f"{got}-wide"
             raise ValueError(
                 f"the CLIP gives {got_text} {what} but this {model_weights.model_family(model)} MODEL's "
-                f"{group.label} expects {group.width}: the CLIP does not match the MODEL {hint}"
+                f"{group.label} expects {group.encoder_width}: the CLIP does not match the MODEL {hint}"
             )
     if family.encoders is not None and encoders != family.encoders:
         raise ValueError(

@@ -1,8 +1,9 @@
 """What the pack knows about each model family, as data: one entry per family.
 
 An entry says which weights of the diffusion model read text-encoder output
-(``TextMap``: a patcher-key pattern, the row source, a bias, a normalisation
-applied to the rows first, the input columns the text occupies), how one
+(``TextMap``: a patcher-key pattern, the row source, a bias, what the model
+applies to the rows first: an RMSNorm or its own text MLP, the input columns the
+text occupies, K and V fused in one weight), how one
 prompt's conditioning rows are laid out and where its last content token is
 (``TextSegment`` per text encoder), which CLIP belongs to the family
 (its tokenizer keys) and the family's defaults. Everything else in the pack
@@ -33,10 +34,30 @@ class TextSegment:
     ``encoders``: the tokenizer keys whose tokens make these rows (CLIP-L and
     CLIP-G rows are concatenated side by side, so SDXL's segment has both).
     ``rule``: how the last content token is found (CLIP_RULE, T5_RULE, TEMPLATE_RULE).
+    ``masked_padding``: the model masks the rows after EOS out of attention (LTX-Video),
+    so they are not text it reads; only a family's last segment can say so.
     """
 
     encoders: tuple[str, ...]
     rule: str
+    masked_padding: bool = False
+
+
+# Activations of the text MLPs (``TextMLP``) a model applies before its per-block maps.
+GELU_TANH = "gelu_tanh"
+SILU = "silu"
+
+
+@dataclass(frozen=True)
+class TextMLP:
+    """The model's own MLP on the text rows before its maps: Linear, activation, Linear, ….
+
+    ``linears``: module names (patcher key prefixes) of its linear layers, in order;
+    the activation is applied between them.
+    """
+
+    linears: tuple[str, ...]
+    activation: str = GELU_TANH
 
 
 @dataclass(frozen=True)
@@ -48,8 +69,12 @@ class TextMap:
     ``bias``: the map adds a bias (the edit keeps it; targets are W0·c without it).
     ``norm``: module (patcher key prefix) of an RMSNorm the model applies to the
     rows before this map; its effective weight is applied to the rows the solve uses.
+    ``mlp``: the model's text MLP between the encoder rows and this map (WAN's
+    text_embedding …); the solve reads its output, computed with its effective weights.
     ``columns``: the input columns the text occupies when the map reads more than
     text (SDXL's label_emb reads the pooled vector, then size embeddings).
+    ``fused``: the parts stacked along the weight's outputs in equal slices
+    (PixArt's kv_linear: ("k", "v")); the ``projections`` option picks slices.
     """
 
     label: str
@@ -57,10 +82,26 @@ class TextMap:
     source: str = COND
     bias: bool = False
     norm: Optional[str] = None
+    mlp: Optional[TextMLP] = None
     columns: Optional[tuple[int, int]] = None
+    fused: tuple[str, ...] = ()
 
     def matches(self, key: str) -> Optional[re.Match]:
         return re.fullmatch(self.pattern, key)
+
+    @property
+    def per_block_kv(self) -> bool:
+        """Keys and values of the model's attention (the ``projections`` option applies)."""
+        return "(?P<kv>" in self.pattern or bool(self.fused)
+
+    @property
+    def shown(self) -> str:
+        """The weights' names as the README writes them, e.g. ``blocks.N.cross_attn.k``."""
+        if self is UNET_KV:
+            return "attn2.to_k"
+        name = self.pattern.removeprefix(r"diffusion_model\.").removesuffix(r"\.weight")
+        name = name.replace("(?P<kv>[kv])", "k").replace(r"\d+", "N").replace(r"\.", ".")
+        return re.sub(r"\(\?:[^)]*\)\?", "", name)
 
 
 @dataclass(frozen=True)
@@ -176,6 +217,65 @@ FAMILIES: tuple[Family, ...] = (
         prompt_format=LUMINA2_SYSTEM_PROMPT,
         batch_encode=True,
         notes="prompts are encoded as CLIPTextEncodeLumina2 does with its default 'superior' system prompt",
+    ),
+    # Per-block cross-attention on the rows of the model's own text MLP.
+    Family(
+        "WAN",
+        ("WAN21_T2V",),
+        frozenset({"umt5xxl"}),
+        (TextSegment(("umt5xxl",), T5_RULE),),
+        (
+            TextMap(
+                "cross-attention",
+                r"diffusion_model\.(?:vace_)?blocks\.\d+\.cross_attn\.(?P<kv>[kv])\.weight",
+                bias=True,
+                mlp=TextMLP(("diffusion_model.text_embedding.0", "diffusion_model.text_embedding.2")),
+            ),
+        ),
+        batch_encode=True,
+        notes="UMT5 rows padded to 512 (zeros, then text_embedding); the image-context k_img / v_img are not text",
+    ),
+    Family(
+        "LTX-Video",
+        ("LTXV",),
+        frozenset({"t5xxl"}),
+        (TextSegment(("t5xxl",), T5_RULE, masked_padding=True),),
+        (
+            TextMap(
+                "cross-attention",
+                r"diffusion_model\.transformer_blocks\.\d+\.attn2\.to_(?P<kv>[kv])\.weight",
+                bias=True,
+                mlp=TextMLP(("diffusion_model.caption_projection.linear_1", "diffusion_model.caption_projection.linear_2")),
+            ),
+        ),
+        batch_encode=True,
+        notes="T5 rows padded to 128 and masked after EOS: the rows up to EOS, then caption_projection",
+    ),
+    Family(
+        "PixArt",
+        ("PixArtAlpha",),
+        frozenset({"t5xxl"}),
+        (TextSegment(("t5xxl",), T5_RULE),),
+        (
+            TextMap(
+                "cross-attention",
+                r"diffusion_model\.blocks\.\d+\.cross_attn\.kv_linear\.weight",
+                bias=True,
+                mlp=TextMLP(("diffusion_model.y_embedder.y_proj.fc1", "diffusion_model.y_embedder.y_proj.fc2")),
+                fused=("k", "v"),
+            ),
+        ),
+        batch_encode=True,
+        notes="T5 rows without padding, then y_embedder; K and V share one kv_linear weight",
+    ),
+    Family(
+        "Cosmos Predict2",
+        ("CosmosT2IPredict2",),
+        frozenset({"t5xxl"}),
+        (TextSegment(("t5xxl",), T5_RULE),),
+        (TextMap("cross-attention", r"diffusion_model\.blocks\.\d+\.cross_attn\.(?P<kv>[kv])_proj\.weight"),),
+        batch_encode=True,
+        notes="T5 (1024-wide) rows padded to 512, read by every block",
     ),
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -14,7 +14,7 @@ import comfy.weight_adapter
 
 from ..uce_solver import Delta, DenseDelta, EncodedPrompt, LowRankDelta
 from . import families
-from .families import POOLED, Family, TextMap
+from .families import GELU_TANH, POOLED, SILU, Family, TextMap
 
 PROJECTIONS = {
     "keys+values": ("k", "v"),
@@ -47,8 +47,49 @@ class RowNorm:
         return rows32 * scale * self.weight.to(rows.device, torch.float32)
 
     def digest(self) -> str:
-        data = self.weight.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-        return hashlib.sha256(data + repr(self.eps).encode()).hexdigest()[:16]
+        return _digest([self.weight], repr(self.eps))
+
+
+_ACTIVATIONS = {
+    GELU_TANH: lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+    SILU: torch.nn.functional.silu,
+}
+
+
+@dataclass(frozen=True)
+class RowMLP:
+    """The model's text MLP on the rows: Linear, activation, Linear … (weights as patched, float32)."""
+
+    weights: tuple[torch.Tensor, ...]
+    biases: tuple[Optional[torch.Tensor], ...]
+    activation: str
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        device = self.weights[0].device
+        out = rows.to(device, torch.float32)
+        for index, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            if index:
+                out = _ACTIVATIONS[self.activation](out)
+            out = torch.nn.functional.linear(out, weight, bias)
+        return out.to(rows.device)
+
+    @property
+    def in_features(self) -> int:
+        return self.weights[0].shape[1]
+
+    def digest(self) -> str:
+        return _digest([t for t in self.weights + self.biases if t is not None], self.activation)
+
+
+RowStep = Union[RowNorm, RowMLP]
+
+
+def _digest(tensors, extra: str) -> str:
+    """A short fingerprint of tensors' values (for cache keys)."""
+    h = hashlib.sha256(extra.encode())
+    for tensor in tensors:
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -59,7 +100,9 @@ class MapGroup:
     keys: tuple[str, ...]
     width: int  # the width of the text rows they read
     in_features: int  # the weights' full input width (wider than ``width`` when the text has some columns)
-    norm: Optional[RowNorm] = None
+    steps: tuple[RowStep, ...] = ()  # what the model applies to the encoder rows before these weights
+    out_rows: Optional[tuple[int, int]] = None  # the output slice edited (part of fused weights), None: all
+    out_features: int = 0  # the weights' full output size
 
     @property
     def label(self) -> str:
@@ -69,15 +112,27 @@ class MapGroup:
     def pooled(self) -> bool:
         return self.text_map.source == POOLED
 
+    @property
+    def encoder_width(self) -> int:
+        """The width of the encoder rows (or pooled vector) this group needs from the CLIP."""
+        mlps = [step for step in self.steps if isinstance(step, RowMLP)]
+        return mlps[0].in_features if mlps else self.width
+
     def view_key(self) -> tuple:
         """What, besides the text and the CLIP, determines this group's rows (for caches)."""
-        return (self.text_map.source, None if self.norm is None else self.norm.digest())
+        return (self.text_map.source, tuple(step.digest() for step in self.steps))
 
-    def full_width(self, deltas: Mapping[str, Delta]) -> Mapping[str, Delta]:
-        """The solved deltas as patches of the whole weights (zero outside the text's columns)."""
-        if self.text_map.columns is None:
+    def weights(self, model, device) -> "EffectiveWeights":
+        """The group's weights as patched, restricted to the text columns and the edited output slice."""
+        return EffectiveWeights(model, self.keys, device, self.text_map.columns, self.out_rows)
+
+    def full_size(self, deltas: Mapping[str, Delta]) -> Mapping[str, Delta]:
+        """The solved deltas as patches of the whole weights (zero outside the text columns and edited slice)."""
+        if self.text_map.columns is None and self.out_rows is None:
             return deltas
-        return pad_columns(deltas, self.text_map.columns, self.in_features)
+        columns = self.text_map.columns or (0, self.in_features)
+        rows = self.out_rows or (0, self.out_features)
+        return pad_deltas(deltas, rows, self.out_features, columns, self.in_features)
 
     def rows_of(self, encoded) -> EncodedPrompt:
         """The rows these weights read for one encoded prompt (text_rows.EncodedText)."""
@@ -86,17 +141,27 @@ class MapGroup:
                 raise ValueError(f"prompt {encoded.text!r} was encoded without its pooled vector")
             return EncodedPrompt(encoded.text, encoded.pooled.reshape(1, -1), 0)
         prompt = encoded.prompt
-        return prompt if self.norm is None else prompt.with_rows(self.norm(prompt.rows))
+        if not self.steps:
+            return prompt
+        rows = prompt.rows
+        for step in self.steps:
+            rows = step(rows)
+        return prompt.with_rows(rows)
 
 
-def text_map_groups(model, family: Family, projections: str = "keys+values", pooled: bool = False) -> list[MapGroup]:
+def text_map_groups(
+    model, family: Family, projections: str = "keys+values", pooled: bool = False, device="cpu"
+) -> list[MapGroup]:
     """The groups of weights to edit, in model order: every family map present in the MODEL.
 
     ``projections`` picks keys and/or values of K/V maps (other maps are always
-    edited); pooled maps only with ``pooled``. Raises ValueError if nothing is left.
+    edited); pooled maps only with ``pooled``. The model's own row transforms
+    (RMSNorm, text MLP) are read as patched and run on ``device``. Raises
+    ValueError if nothing is left.
     """
     if projections not in PROJECTIONS:
         raise ValueError(f"unknown projections {projections!r}; expected one of {', '.join(PROJECTIONS)}")
+    wanted = PROJECTIONS[projections]
     state = model.model.state_dict()
     groups = []
     for text_map in family.maps:
@@ -106,21 +171,34 @@ def text_map_groups(model, family: Family, projections: str = "keys+values", poo
         for key in state.keys():
             found = text_map.matches(key)
             kind = found.groupdict().get("kv") if found else None
-            if found and (kind is None or kind in PROJECTIONS[projections]):
+            if found and (kind is None or kind in wanted):
                 keys.append(key)
         if not keys:
             continue
         widths = {_text_width(state[k].shape, text_map) for k in keys}
         if len(widths) != 1:
             raise ValueError(f"{text_map.label} weights of mixed input widths {sorted(widths)} are not supported")
-        in_features = state[keys[0]].shape[1]
-        groups.append(MapGroup(text_map, tuple(keys), widths.pop(), in_features, _row_norm(model, text_map)))
+        out_features, in_features = state[keys[0]].shape
+        out_rows = _fused_slice(text_map, out_features, wanted)
+        steps = _row_steps(model, text_map, device)
+        groups.append(MapGroup(text_map, tuple(keys), widths.pop(), in_features, steps, out_rows, out_features))
     if not groups:
         raise ValueError(
             f"this MODEL ({model_family(model)}) has none of the {family.name} text-reading weights "
             f"({', '.join(m.label for m in family.maps)})"
         )
     return groups
+
+
+def _fused_slice(text_map: TextMap, out_features: int, wanted) -> Optional[tuple[int, int]]:
+    """The output slice of a fused weight holding the wanted parts (None: the whole weight)."""
+    parts = [part for part in text_map.fused if part in wanted]
+    if not text_map.fused or len(parts) == len(text_map.fused):
+        return None
+    size = out_features // len(text_map.fused)
+    (part,) = parts  # fused maps hold K and V: one of them
+    start = text_map.fused.index(part) * size
+    return (start, start + size)
 
 
 def _text_width(shape, text_map: TextMap) -> int:
@@ -134,13 +212,26 @@ def _text_width(shape, text_map: TextMap) -> int:
     return stop - start
 
 
-def _row_norm(model, text_map: TextMap) -> Optional[RowNorm]:
-    if text_map.norm is None:
-        return None
-    key = f"{text_map.norm}.weight"
-    weight = EffectiveWeights(model, [key], "cpu")[key]
-    module = model.model.get_submodule(text_map.norm)
-    return RowNorm(weight, float(getattr(module, "eps", None) or 1e-6))
+def _row_steps(model, text_map: TextMap, device) -> tuple[RowStep, ...]:
+    steps: list[RowStep] = []
+    if text_map.norm is not None:
+        key = f"{text_map.norm}.weight"
+        weight = EffectiveWeights(model, [key], "cpu")[key]
+        module = model.model.get_submodule(text_map.norm)
+        steps.append(RowNorm(weight, float(getattr(module, "eps", None) or 1e-6)))
+    if text_map.mlp is not None:
+        state = model.model.state_dict()
+        weight_keys = [f"{name}.weight" for name in text_map.mlp.linears]
+        bias_keys = [f"{name}.bias" for name in text_map.mlp.linears]
+        effective = EffectiveWeights(model, weight_keys + [k for k in bias_keys if k in state], device)
+        steps.append(
+            RowMLP(
+                tuple(effective[k] for k in weight_keys),
+                tuple(effective[k] if k in state else None for k in bias_keys),
+                text_map.mlp.activation,
+            )
+        )
+    return tuple(steps)
 
 
 def patch_dtype(model, keys) -> torch.dtype:
@@ -163,23 +254,34 @@ class EffectiveWeights(Mapping):
     applies them. Each weight is computed in float32 on ``device`` when it is
     read and not kept, so at most the layers being solved are materialised; the
     shared module's tensors are only read (copied first). ``columns`` restricts
-    each weight to the input columns the text occupies.
+    each weight to the input columns the text occupies, ``rows`` to a slice of
+    its outputs (one part of a fused weight).
     """
 
-    def __init__(self, model, keys, device, columns: Optional[tuple[int, int]] = None):
+    def __init__(
+        self, model, keys, device, columns: Optional[tuple[int, int]] = None, rows: Optional[tuple[int, int]] = None
+    ):
         self._key_patches = model.get_key_patches("diffusion_model.")  # references, no copies
         self._device = device
         self._columns = columns
+        self._rows = rows
         self.shapes = {}
         for key in keys:
             shape = tuple(self._key_patches[key][0][0].shape)
-            self.shapes[key] = shape if columns is None else (shape[0], columns[1] - columns[0])
+            if len(shape) == 2:
+                shape = (
+                    shape[0] if rows is None else rows[1] - rows[0],
+                    shape[1] if columns is None else columns[1] - columns[0],
+                )
+            self.shapes[key] = shape
 
     def __getitem__(self, key: str) -> torch.Tensor:
         (base, convert), *patches = self._key_patches[key]
         weight = convert(base.detach().to(self._device, torch.float32, copy=True), inplace=True)
         if patches:
             weight = comfy.lora.calculate_weight(patches, weight, key)
+        if self._rows is not None:
+            weight = weight[self._rows[0] : self._rows[1]]
         if self._columns is not None:
             weight = weight[:, self._columns[0] : self._columns[1]]
         return weight
@@ -191,22 +293,30 @@ class EffectiveWeights(Mapping):
         return len(self.shapes)
 
 
-def pad_columns(deltas: Mapping[str, Delta], columns: tuple[int, int], in_features: int) -> dict[str, Delta]:
-    """Deltas of weights restricted to ``columns``, padded with zeros to the weights' ``in_features``."""
-    start, stop = columns
-    padded: dict[int, torch.Tensor] = {}  # a shared factor stays shared
+def pad_deltas(
+    deltas: Mapping[str, Delta], rows: tuple[int, int], out_features: int, columns: tuple[int, int], in_features: int
+) -> dict[str, Delta]:
+    """Deltas of the ``rows`` x ``columns`` block of weights, padded with zeros to [out_features, in_features]."""
+    padded: dict[tuple, torch.Tensor] = {}  # a shared factor stays shared
 
-    def pad(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in padded:
-            out = t.new_zeros(t.shape[0], in_features)
-            out[:, start:stop] = t
-            padded[id(t)] = out
-        return padded[id(t)]
+    def pad(t: torch.Tensor, span: tuple[int, int], size: int, dim: int) -> torch.Tensor:
+        if span == (0, size):
+            return t
+        if (id(t), dim) not in padded:
+            shape = list(t.shape)
+            shape[dim] = size
+            out = t.new_zeros(shape)
+            out.narrow(dim, span[0], span[1] - span[0]).copy_(t)
+            padded[(id(t), dim)] = out
+        return padded[(id(t), dim)]
 
-    return {
-        key: LowRankDelta(d.up, pad(d.down)) if isinstance(d, LowRankDelta) else DenseDelta(pad(d.delta))
-        for key, d in deltas.items()
-    }
+    result: dict[str, Delta] = {}
+    for key, d in deltas.items():
+        if isinstance(d, LowRankDelta):
+            result[key] = LowRankDelta(pad(d.up, rows, out_features, 0), pad(d.down, columns, in_features, 1))
+        else:
+            result[key] = DenseDelta(pad(pad(d.delta, rows, out_features, 0), columns, in_features, 1))
+    return result
 
 
 def patched_clone(model, deltas: Mapping[str, Delta], strength: float):

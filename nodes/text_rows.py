@@ -93,11 +93,17 @@ def prompt_segments(clip, family: Family, text: str, tokens: dict, cond_rows: Op
     """The segments of one prompt's conditioning (rows and last content token per text encoder).
 
     ``cond_rows``: how many rows the encoder gave for it (None before encoding: only
-    the checks that need no rows run). Raises PromptTooLongError or ValueError when the
-    prompt or the layout is not what the family expects.
+    the checks that need no rows run). A last segment whose padding the model masks
+    stops at EOS: the rows after it are not part of the prompt's text. Raises
+    PromptTooLongError or ValueError when the prompt or the layout is not what the
+    family expects.
     """
     parts = []  # (rows or None for "the rest", last or a function of the rows)
-    for segment in _present_segments(clip, family, tokens):
+    present = _present_segments(clip, family, tokens)
+    kept = None  # rows of the last segment the model reads, when it masks its padding
+    for segment in present:
+        if segment.masked_padding and segment is not present[-1]:
+            raise ValueError(f"{family.name}: only the last text segment can have masked padding")
         names = segment.encoders or tuple(tokens)
         if segment.rule == CLIP_RULE:
             last = last_token_slot(clip, text, tokens, names)
@@ -105,7 +111,10 @@ def prompt_segments(clip, family: Family, text: str, tokens: dict, cond_rows: Op
         elif segment.rule == T5_RULE:
             (chunk,) = tokens[names[0]]
             end = _first(chunk, _end_token(clip, names[0]), start=0)
-            parts.append((len(chunk), (len(chunk) if end is None else end) - 1))
+            end = len(chunk) if end is None else end
+            parts.append((len(chunk), end - 1))
+            if segment.masked_padding:
+                kept = min(end + 1, len(chunk))
         elif segment.rule == TEMPLATE_RULE:
             parts.append((None, _template_suffix(clip, family, names[0], text, tokens)))
         else:
@@ -125,6 +134,8 @@ def prompt_segments(clip, family: Family, text: str, tokens: dict, cond_rows: Op
             f"the {family.name} text encoder gave {cond_rows} rows for prompt {text!r}, expected {start} "
             "(an unexpected conditioning layout: is this CLIP the one loaded with the MODEL?)"
         )
+    if kept is not None:
+        segments[-1] = Segment(segments[-1].start, segments[-1].start + kept, segments[-1].last)
     return tuple(segments)
 
 
@@ -236,6 +247,8 @@ def _encode(clip, family: Family, texts: list[str], one_per_pass: bool) -> Itera
             pooled_rows = [None] * len(group)
         for text, prompt_rows, pooled in zip(group, rows.to(torch.float32), pooled_rows):
             segments = prompt_segments(clip, family, text, tokenized[text], prompt_rows.shape[0])
+            if segments[-1].stop < prompt_rows.shape[0]:  # masked padding: not text the model reads
+                prompt_rows = prompt_rows[: segments[-1].stop].clone()
             yield text, EncodedText(EncodedPrompt(text, prompt_rows, segments=segments), pooled)
 
 

@@ -108,9 +108,11 @@ def sdxl_family(comfy) -> tiny_models.TinyFamilyModel:
 def tiny_family(comfy):
     """``get(name)``: the tiny random MODEL + CLIP of a DiT family, built once per session.
 
-    Names: flux, chroma, sd3 (tiny_t5_families), qwen_image, z_image, lumina2, flux2 (tiny_llm_families).
+    Names: flux, chroma, sd3 (tiny_t5_families), qwen_image, z_image, lumina2, flux2 (tiny_llm_families),
+    wan21_t2v, wan21_i2v, wan22_ti2v (tiny_wan_families), ltxv, pixart_alpha, pixart_sigma, cosmos_predict2
+    (tiny_xattn_families).
     """
-    from uce_devtools import tiny_llm_families, tiny_t5_families
+    from uce_devtools import tiny_llm_families, tiny_t5_families, tiny_wan_families, tiny_xattn_families
 
     builders = {
         "flux": tiny_t5_families.flux_model,
@@ -120,6 +122,13 @@ def tiny_family(comfy):
         "z_image": tiny_llm_families.z_image_model,
         "lumina2": tiny_llm_families.lumina2_model,
         "flux2": tiny_llm_families.flux2_model,
+        "wan21_t2v": tiny_wan_families.wan21_t2v_model,
+        "wan21_i2v": tiny_wan_families.wan21_i2v_model,
+        "wan22_ti2v": tiny_wan_families.wan22_ti2v_model,
+        "ltxv": tiny_xattn_families.ltxv_model,
+        "pixart_alpha": tiny_xattn_families.pixart_alpha_model,
+        "pixart_sigma": tiny_xattn_families.pixart_sigma_model,
+        "cosmos_predict2": tiny_xattn_families.cosmos_predict2_model,
     }
     built: dict = {}
 

@@ -10,6 +10,8 @@ of another family being refused. Weights are read as ComfyUI loads them for samp
 
 from __future__ import annotations
 
+import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -40,15 +42,24 @@ def sd3_segments(tokens):
 @dataclass(frozen=True)
 class FamilyCase:
     config_class: str
-    cond_map: str  # patcher key of the map that reads the per-token rows
+    cond_map: str  # patcher key of a map that reads the per-token rows
     pooled_map: Optional[str]  # patcher key of the map that reads the pooled vector
     pooled_default: bool
     segments: Callable  # (tokens, row count) -> [(start, stop, last)]
     bias: bool = True
     norm: Optional[str] = None  # module whose RMSNorm the model applies to the rows before cond_map
+    mlp: Optional[str] = None  # module: the model's text MLP between the encoder rows and the maps
+    cond_keys: Optional[str] = None  # regex of every per-token map (per-block K/V), default: cond_map alone
+    also: tuple[str, ...] = ()  # more per-token maps the closed-form test checks
     prompt_format: str = "{}"
     sampling: dict = field(default_factory=lambda: {"cfg": 2.0, "scheduler": "simple"})
     latent: str = "EmptySD3LatentImage"
+    latent_inputs: dict = field(default_factory=lambda: {"width": 64, "height": 64, "batch_size": 1})
+
+    def cond_maps(self, model) -> set[str]:
+        if self.cond_keys is None:
+            return {self.cond_map}
+        return {key for key in model.model.state_dict() if re.fullmatch(self.cond_keys, key)}
 
 
 CASES = {
@@ -103,7 +114,60 @@ CASES.update(
         ),
     }
 )
+WAN_KV = r"diffusion_model\.blocks\.\d+\.cross_attn\.[kv]\.weight"
+CASES.update(
+    {
+        # Per-block cross-attention K/V (+bias) on the output of WAN's text_embedding MLP; UMT5 rows padded to 512.
+        "wan21_t2v": FamilyCase(
+            "WAN21_T2V", "diffusion_model.blocks.1.cross_attn.v.weight", None, False,
+            lambda tokens, rows: t5_segments(tokens, key="umt5xxl"), mlp="diffusion_model.text_embedding",
+            cond_keys=WAN_KV, also=("diffusion_model.blocks.0.cross_attn.k.weight",),
+            sampling={"cfg": 5.0, "scheduler": "simple"}, latent="EmptyHunyuanLatentVideo",
+            latent_inputs={"width": 32, "height": 32, "length": 5, "batch_size": 1},
+        ),
+        "wan22_ti2v": FamilyCase(
+            "WAN22_T2V", "diffusion_model.blocks.0.cross_attn.k.weight", None, False,
+            lambda tokens, rows: t5_segments(tokens, key="umt5xxl"), mlp="diffusion_model.text_embedding",
+            cond_keys=WAN_KV, sampling={"cfg": 5.0, "scheduler": "simple"}, latent="Wan22ImageToVideoLatent",
+            latent_inputs={"vae": None, "width": 64, "height": 64, "length": 5, "batch_size": 1},
+        ),
+        # LTX-Video masks the T5 padding out of attention: its rows are the prompt and EOS, then caption_projection.
+        "ltxv": FamilyCase(
+            "LTXV", "diffusion_model.transformer_blocks.1.attn2.to_k.weight", None, False,
+            lambda tokens, rows: [(0, end + 1, end - 1) for end in [[t[0] for t in tokens["t5xxl"][0]].index(T5_EOS)]],
+            mlp="diffusion_model.caption_projection",
+            cond_keys=r"diffusion_model\.transformer_blocks\.\d+\.attn2\.to_[kv]\.weight",
+            also=("diffusion_model.transformer_blocks.0.attn2.to_v.weight",),
+            sampling={"cfg": 4.0, "scheduler": "simple"}, latent="EmptyLTXVLatentVideo",
+            latent_inputs={"width": 64, "height": 64, "length": 9, "batch_size": 1},
+        ),
+        # PixArt: K and V fused in one kv_linear per block, on the output of y_embedder's MLP; T5 without padding.
+        "pixart_alpha": FamilyCase(
+            "PixArtAlpha", "diffusion_model.blocks.1.cross_attn.kv_linear.weight", None, False,
+            lambda tokens, rows: t5_segments(tokens), mlp="diffusion_model.y_embedder.y_proj",
+            cond_keys=r"diffusion_model\.blocks\.\d+\.cross_attn\.kv_linear\.weight",
+            sampling={"cfg": 4.0, "scheduler": "simple"}, latent="EmptyLatentImage",
+            latent_inputs={"width": 272, "height": 272, "batch_size": 1},  # ComfyUI's PixArt needs >= 264 px
+        ),
+        "pixart_sigma": FamilyCase(
+            "PixArtSigma", "diffusion_model.blocks.0.cross_attn.kv_linear.weight", None, False,
+            lambda tokens, rows: t5_segments(tokens), mlp="diffusion_model.y_embedder.y_proj",
+            cond_keys=r"diffusion_model\.blocks\.\d+\.cross_attn\.kv_linear\.weight",
+            sampling={"cfg": 4.0, "scheduler": "simple"}, latent="EmptyLatentImage",
+            latent_inputs={"width": 272, "height": 272, "batch_size": 1},
+        ),
+        # Cosmos Predict2: every block's k_proj / v_proj (no bias) read the (old, 1024-wide) T5 rows directly.
+        "cosmos_predict2": FamilyCase(
+            "CosmosT2IPredict2", "diffusion_model.blocks.1.cross_attn.v_proj.weight", None, False,
+            lambda tokens, rows: t5_segments(tokens), bias=False,
+            cond_keys=r"diffusion_model\.blocks\.\d+\.cross_attn\.[kv]_proj\.weight",
+            also=("diffusion_model.blocks.0.cross_attn.k_proj.weight",),
+            sampling={"cfg": 4.0, "scheduler": "simple"},
+        ),
+    }
+)
 FAMILIES = list(CASES)
+T5_ONLY = {"chroma", "ltxv", "pixart_alpha", "pixart_sigma", "cosmos_predict2"}  # CLIPs with one T5 encoder
 
 
 @pytest.fixture(scope="module")
@@ -142,16 +206,25 @@ def encode(case: FamilyCase, clip, text):
     out = clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
     rows = out["cond"][0].double()
     pooled = out.get("pooled_output")
-    return rows, case.segments(tokens, rows.shape[0]), None if pooled is None else pooled.double()
+    segments = case.segments(tokens, rows.shape[0])
+    rows = rows[: segments[-1][1]]  # LTX-Video: the padding it masks is not read
+    return rows, segments, None if pooled is None else pooled.double()
 
 
 def map_inputs(case: FamilyCase, model, rows):
-    """What the cond map reads: the rows, after the model's RMSNorm where it has one."""
-    if case.norm is None:
-        return rows
-    weight = live_weights(model, [case.norm + ".weight"])[case.norm + ".weight"].double()
-    eps = model.model.get_submodule(case.norm).eps
-    return rows * torch.rsqrt(rows.square().mean(dim=-1, keepdim=True) + eps) * weight
+    """What the cond maps read: the rows, after the model's RMSNorm or its own text MLP where it has one."""
+    if case.norm is not None:
+        weight = live_weights(model, [case.norm + ".weight"])[case.norm + ".weight"].double()
+        eps = model.model.get_submodule(case.norm).eps
+        rows = rows * torch.rsqrt(rows.square().mean(dim=-1, keepdim=True) + eps) * weight
+    if case.mlp is not None:  # ComfyUI's own module, in float64, with the weights as patched
+        mlp = copy.deepcopy(model.model.get_submodule(case.mlp)).double()
+        names = [f"{case.mlp}.{name}" for name, _ in mlp.named_parameters()]
+        live = live_weights(model, names)
+        mlp.load_state_dict({name.removeprefix(case.mlp + "."): live[name].double() for name in names})
+        with torch.no_grad():
+            rows = mlp(rows)
+    return rows
 
 
 def bias_of(model, key):
@@ -185,7 +258,7 @@ def sample(case, model, clip, text, seed=3):
     negative = run_node("CLIPTextEncode", clip=clip, text="")[0]
     if "guidance" in case.sampling:
         positive = run_node("FluxGuidance", conditioning=positive, guidance=case.sampling["guidance"])[0]
-    latent = run_node(case.latent, width=64, height=64, batch_size=1)[0]
+    latent = run_node(case.latent, **case.latent_inputs)[0]
     out = run_node(
         "KSampler", model=model, seed=seed, steps=2, cfg=case.sampling["cfg"], sampler_name="euler",
         scheduler=case.sampling["scheduler"], positive=positive, negative=negative, latent_image=latent, denoise=1.0,
@@ -200,13 +273,15 @@ def sample(case, model, clip, text, seed=3):
 def test_patches_land_on_exactly_the_text_maps(pack, tiny):
     family, case, built = tiny
     assert type(built.model.model.model_config).__name__ == case.config_class
+    cond_maps = case.cond_maps(built.model)
+    assert cond_maps and case.cond_map in cond_maps
     edited, report = erase(pack, built.model, built.clip)
-    expected = {case.cond_map} | ({case.pooled_map} if case.pooled_default else set())
+    expected = cond_maps | ({case.pooled_map} if case.pooled_default else set())
     assert set(edited.patches) == expected, report
     without_pooled, _ = erase(pack, built.model, built.clip, pooled="off")
-    assert set(without_pooled.patches) == {case.cond_map}
+    assert set(without_pooled.patches) == cond_maps
     with_pooled, report = erase(pack, built.model, built.clip, pooled="on")
-    assert set(with_pooled.patches) == {case.cond_map} | ({case.pooled_map} if case.pooled_map else set())
+    assert set(with_pooled.patches) == cond_maps | ({case.pooled_map} if case.pooled_map else set())
     if case.pooled_map is None:
         assert "has no pooled text input" in report
     state = built.model.model.state_dict()
@@ -223,7 +298,7 @@ def test_edit_is_the_affine_closed_form(pack, tiny, mode):
     family, case, built = tiny
     concepts, preserve = ["a red sports car", "Van Gogh"], ["a bicycle", "a lighthouse", ""]
     edited, _ = erase(pack, built.model, built.clip, concepts="\n".join(concepts), token_mode=mode, pooled="on")
-    maps = [(case.cond_map, False)] + ([(case.pooled_map, True)] if case.pooled_map else [])
+    maps = [(key, False) for key in (case.cond_map, *case.also)] + ([(case.pooled_map, True)] if case.pooled_map else [])
     for key, pooled in maps:
         w0, expected = expected_erase(
             case, built.model, built.clip, concepts, "", preserve, mode, key, pooled=pooled, preserve_scale=1 / 3
@@ -302,6 +377,63 @@ def test_loras_before_the_edit_are_edited_and_loras_after_it_stack(pack, tiny, e
     torch.testing.assert_close(live_weights(stacked, [key])[key], lora_w + edit_delta, rtol=1e-5, atol=1e-5)
 
 
+MLP_FAMILIES = [name for name, case in CASES.items() if case.mlp is not None]
+
+
+@families(*MLP_FAMILIES)
+def test_a_lora_on_the_models_text_mlp_changes_the_rows_the_edit_uses(pack, tiny, extra_nodes, tmp_path):
+    """The rows of per-block K/V are the model's text MLP output, with the MLP's weights as patched: a LoRA
+    on the MLP gives the closed form on its rows (not on cached rows of the unpatched MLP)."""
+    family, case, built = tiny
+    mlp = built.model.model.get_submodule(case.mlp)
+    name, weight = next((name, w) for name, w in mlp.named_parameters() if w.ndim == 2)  # its first linear
+    first, shape = f"{case.mlp}.{name}", tuple(weight.shape)
+    lora = tiny_models.tiny_lora({first: shape}, path=tmp_path / f"{family}-mlp.safetensors", scale=0.5)
+    comfy_env.register_lora_dir(tmp_path)
+    with_lora = run_node("LoraLoaderModelOnly", model=built.model, lora_name=lora.name, strength_model=1.0)[0]
+    key = case.cond_map
+    plain, _ = erase(pack, built.model, built.clip)
+    edited, _ = erase(pack, with_lora, built.clip)
+    w0, expected = expected_erase(
+        case, with_lora, built.clip, ["a red sports car"], "", ["a bicycle", "a lighthouse", ""], "paper", key,
+        preserve_scale=1 / 3,
+    )
+    got = live_weights(edited, [key])[key].double() - w0
+    assert torch.linalg.norm(got - expected) < 1e-4 * torch.linalg.norm(expected)
+    unpatched = live_weights(plain, [key])[key].double() - w0
+    assert torch.linalg.norm(unpatched - got) > 0.05 * torch.linalg.norm(got)
+
+
+def test_wan_i2v_edits_the_text_keys_and_values_not_the_image_context(pack, tiny_family):
+    """WAN image-to-video blocks also have k_img / v_img on CLIP-vision features: those are not text."""
+    built = tiny_family("wan21_i2v")
+    state = built.model.model.state_dict()
+    assert any(".cross_attn.k_img." in key for key in state)
+    edited, report = erase(pack, built.model, built.clip)
+    assert set(edited.patches) == CASES["wan21_t2v"].cond_maps(built.model), report
+    values_only, _ = erase(pack, built.model, built.clip, projections="values")
+    assert set(values_only.patches) == {k for k in CASES["wan21_t2v"].cond_maps(built.model) if ".v." in k}
+
+
+def test_pixart_projections_pick_the_halves_of_the_fused_kv_weight(pack, tiny_family):
+    """kv_linear stacks K (first half of the outputs) over V: `keys` / `values` edit one half, and each half is
+    what the keys+values edit gives it (the closed form treats each output row on its own)."""
+    built = tiny_family("pixart_alpha")
+    key = CASES["pixart_alpha"].cond_map
+    w0 = live_weights(built.model, [key])[key].double()
+    half = w0.shape[0] // 2
+    both, _ = erase(pack, built.model, built.clip)
+    delta = live_weights(both, [key])[key].double() - w0
+    for projections, edited_half in (("keys", slice(0, half)), ("values", slice(half, None))):
+        one, report = erase(pack, built.model, built.clip, projections=projections)
+        got = live_weights(one, [key])[key].double() - w0
+        untouched = slice(half, None) if edited_half.start == 0 else slice(0, half)
+        assert torch.count_nonzero(got[untouched]) == 0, projections
+        assert torch.linalg.norm(got[edited_half]) > 0, projections
+        torch.testing.assert_close(got[edited_half], delta[edited_half], rtol=1e-4, atol=1e-5)
+        assert "edited as a whole" not in report
+
+
 @families()
 def test_model_save_writes_the_edited_weights(pack, tiny, extra_nodes, comfy):
     import folder_paths
@@ -326,7 +458,7 @@ def test_a_clip_of_another_family_is_refused_naming_both(pack, tiny, tiny_family
     family, case, built = tiny
     with pytest.raises(ValueError, match=rf"the CLIP gives 768-wide text conditioning but this {case.config_class} MODEL"):
         erase(pack, built.model, sd15[1])
-    other = "chroma" if family != "chroma" else "flux"
+    other = "flux" if family in T5_ONLY else "chroma"
     with pytest.raises(ValueError, match="the CLIP does not match the MODEL") as refused:
         erase(pack, built.model, tiny_family(other).clip)
     assert case.config_class in str(refused.value) and "t5xxl" in str(refused.value)
@@ -370,9 +502,12 @@ def test_readme_families_table_matches_the_family_table(pack):
         assert config_class in by_class, f"{family.name} has no row in the README's families table"
         name_cell, weights, rows_read, paper_mode, pooled, loaders = by_class[config_class]
         for text_map in family.maps:
-            key = text_map.pattern.replace("\\.", ".").replace("diffusion_model.", "").replace(".weight", "")
-            shown = "attn2.to_k" if "attn2" in key else key
+            shown = text_map.shown
             assert shown in weights, f"{family.name}: {shown} missing from {weights!r}"
-            assert ("+bias" in weights.split(shown, 1)[1].split(";")[0]) == text_map.bias or "attn2" in key
+            if text_map is not pack.nodes.families.UNET_KV:
+                assert ("+bias" in weights.split(shown, 1)[1].split(";")[0]) == text_map.bias, family.name
+            if text_map.mlp is not None:
+                mlp = text_map.mlp.linears[0].removeprefix("diffusion_model.").rsplit(".", 1)[0]
+                assert f"`{mlp}`" in weights, f"{family.name}: the text MLP {mlp} is not named in {weights!r}"
         expected = ("on" if family.pooled_default else "off") if family.has_pooled else "—"
         assert pooled == expected, f"{family.name}: README says pooled {pooled!r}, the table {expected!r}"
