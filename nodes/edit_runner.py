@@ -202,9 +202,9 @@ def _notes(family, settings: EditSettings, pooled: bool, groups) -> list[str]:
         notes.append(f"pooled: {family.name} has no pooled text input; nothing more was edited")
     has_kv = any(group.text_map.per_block_kv for group in groups)
     if settings.projections != "keys+values" and not has_kv:
+        maps = ", ".join(dict.fromkeys(g.text_map.label for g in groups))
         notes.append(
-            f"projections: {family.name} reads text through {', '.join(g.label for g in groups)}, not per-block "
-            "keys/values; it was edited as a whole"
+            f"projections: {family.name} reads text through {maps}, not per-block keys/values; it was edited as a whole"
         )
     return notes
 
@@ -225,14 +225,17 @@ def _solve_device() -> torch.device:
 
 def _check_clip(clip, family, groups, model) -> None:
     """Refuse a CLIP that does not match the MODEL: by the widths its weights read, then by its text encoders."""
-    cond_width, pooled_width = text_rows.encoder_widths(clip)
+    widths = text_rows.encoder_widths(clip)
     encoders = text_rows.clip_encoders(clip)
     hint = (
         f"(this CLIP has {families.describe_encoders(encoders)}; for example an SD1.5 CLIP wired into an SDXL "
         "model); connect the CLIP loaded with this MODEL"
     )
-    for group in groups:
-        got, what = (pooled_width, "pooled text vector") if group.pooled else (cond_width, "text conditioning")
+    for group in sorted(groups, key=lambda g: g.source != families.COND):  # the conditioning first
+        got = widths.get(group.source)
+        what = {families.COND: "text conditioning", families.POOLED: "pooled text vector"}.get(
+            group.source, f"{group.source} output"
+        )
         if got != group.encoder_width:
             got_text = "no" if got is None else f"{got}-wide"
             raise ValueError(

@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-# Where a map's input rows come from.
+# Where a map's input rows come from. Any other source names an extra output of the text encoder
+# (e.g. HiDream's "conditioning_llama3": [layers, tokens, width] per prompt).
 COND = "cond"  # the per-token conditioning rows (what CLIPTextEncode puts in the conditioning)
 POOLED = "pooled"  # the pooled text vector (one row per prompt)
 
@@ -25,6 +26,7 @@ POOLED = "pooled"  # the pooled text vector (one row per prompt)
 CLIP_RULE = "clip"  # one 77-slot chunk [BOS, tokens, EOS, pad]: the slot before the first EOS; empty: BOS
 T5_RULE = "t5"  # [tokens, EOS, pad]: the row before EOS; empty prompt: no content row (EOS stands in)
 TEMPLATE_RULE = "template"  # an LLM chat template around the text: the row before the template's suffix
+BOS_PAD_RULE = "bos_pad"  # [BOS, tokens, pad …] without EOS (ComfyUI's Llama-3): the slot before the first pad; empty: BOS
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,11 @@ class TextMap:
     text (SDXL's label_emb reads the pooled vector, then size embeddings).
     ``fused``: the parts stacked along the weight's outputs in equal slices
     (PixArt's kv_linear: ("k", "v")); the ``projections`` option picks slices.
+    ``segment``: the layout of the rows of an extra encoder output (``source``).
+    ``layers``: an attribute of the diffusion model listing, per block (the pattern's
+    ``block`` group), the layer of ``source`` that block's weight reads; weights of
+    blocks past the list are not this map's. A weight belongs to the first map that
+    claims it.
     """
 
     label: str
@@ -85,6 +92,8 @@ class TextMap:
     mlp: Optional[TextMLP] = None
     columns: Optional[tuple[int, int]] = None
     fused: tuple[str, ...] = ()
+    segment: Optional[TextSegment] = None
+    layers: Optional[str] = None
 
     def matches(self, key: str) -> Optional[re.Match]:
         return re.fullmatch(self.pattern, key)
@@ -100,7 +109,9 @@ class TextMap:
         if self is UNET_KV:
             return "attn2.to_k"
         name = self.pattern.removeprefix(r"diffusion_model\.").removesuffix(r"\.weight")
-        name = name.replace("(?P<kv>[kv])", "k").replace(r"\d+", "N").replace(r"\.", ".")
+        name = name.replace("(?P<kv>[kv])", "k")
+        name = re.sub(r"\(\?P<\w+>([^)]*)\)", r"\1", name)  # other named groups: their pattern
+        name = name.replace(r"\d+", "N").replace(r"\.", ".")
         return re.sub(r"\(\?:[^)]*\)\?", "", name)
 
 
@@ -121,6 +132,11 @@ class Family:
     @property
     def has_pooled(self) -> bool:
         return any(m.source == POOLED for m in self.maps)
+
+    @property
+    def extra_sources(self) -> dict[str, TextSegment]:
+        """The extra encoder outputs its maps read, with their row layouts."""
+        return {m.source: m.segment for m in self.maps if m.source not in (COND, POOLED)}
 
 
 UNET_KV = TextMap(
@@ -217,6 +233,27 @@ FAMILIES: tuple[Family, ...] = (
         prompt_format=LUMINA2_SYSTEM_PROMPT,
         batch_encode=True,
         notes="prompts are encoded as CLIPTextEncodeLumina2 does with its default 'superior' system prompt",
+    ),
+    # One caption projection per block, each on a Llama hidden layer (llama_layers), and one on the T5 rows.
+    Family(
+        "HiDream",
+        ("HiDream",),
+        frozenset({"g", "l", "t5xxl", "llama"}),
+        (TextSegment(("t5xxl",), T5_RULE),),
+        (
+            TextMap(
+                "caption_projection (Llama)",
+                r"diffusion_model\.caption_projection\.(?P<block>\d+)\.linear\.weight",
+                source="conditioning_llama3",
+                segment=TextSegment(("llama",), BOS_PAD_RULE),
+                layers="llama_layers",
+            ),
+            TextMap("caption_projection (T5)", r"diffusion_model\.caption_projection\.(?P<block>\d+)\.linear\.weight"),
+            TextMap(
+                "p_embedder (pooled)", r"diffusion_model\.p_embedder\.pooled_embedder\.linear_1\.weight", POOLED, bias=True
+            ),
+        ),
+        notes="T5 rows padded to 128 (all read); Llama rows BOS, prompt, padding to 128 (all read), one layer per block",
     ),
     # Per-block cross-attention on the rows of the model's own text MLP.
     Family(

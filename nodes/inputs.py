@@ -13,7 +13,8 @@ def model_input():
         "MODEL",
         {
             "tooltip": "The diffusion model to edit (SD1.x, SD2.x, SDXL, SD3/3.5, Flux.1, Flux.2, Chroma, Qwen-Image, "
-            "Z-Image, Lumina 2, WAN 2.x video, LTX-Video, PixArt, Cosmos Predict2). It is not changed: a patched copy comes out."
+            "Z-Image, Lumina 2, HiDream, WAN 2.x video, LTX-Video, PixArt, Cosmos Predict2). It is not changed: a patched "
+            "copy comes out."
         },
     )
 

@@ -14,7 +14,7 @@ import comfy.weight_adapter
 
 from ..uce_solver import Delta, DenseDelta, EncodedPrompt, LowRankDelta
 from . import families
-from .families import GELU_TANH, POOLED, SILU, Family, TextMap
+from .families import COND, GELU_TANH, POOLED, SILU, Family, TextMap
 
 PROJECTIONS = {
     "keys+values": ("k", "v"),
@@ -103,10 +103,15 @@ class MapGroup:
     steps: tuple[RowStep, ...] = ()  # what the model applies to the encoder rows before these weights
     out_rows: Optional[tuple[int, int]] = None  # the output slice edited (part of fused weights), None: all
     out_features: int = 0  # the weights' full output size
+    layer: Optional[int] = None  # the layer of the map's source these weights read (HiDream's Llama layers)
 
     @property
     def label(self) -> str:
-        return self.text_map.label
+        return self.text_map.label if self.layer is None else f"{self.text_map.label} layer {self.layer}"
+
+    @property
+    def source(self) -> str:
+        return self.text_map.source
 
     @property
     def pooled(self) -> bool:
@@ -120,7 +125,7 @@ class MapGroup:
 
     def view_key(self) -> tuple:
         """What, besides the text and the CLIP, determines this group's rows (for caches)."""
-        return (self.text_map.source, tuple(step.digest() for step in self.steps))
+        return (self.text_map.source, self.layer, tuple(step.digest() for step in self.steps))
 
     def weights(self, model, device) -> "EffectiveWeights":
         """The group's weights as patched, restricted to the text columns and the edited output slice."""
@@ -140,7 +145,7 @@ class MapGroup:
             if encoded.pooled is None:
                 raise ValueError(f"prompt {encoded.text!r} was encoded without its pooled vector")
             return EncodedPrompt(encoded.text, encoded.pooled.reshape(1, -1), 0)
-        prompt = encoded.prompt
+        prompt = encoded.prompt if self.source == COND else encoded.extra_prompt(self.source, self.layer)
         if not self.steps:
             return prompt
         rows = prompt.rows
@@ -164,30 +169,49 @@ def text_map_groups(
     wanted = PROJECTIONS[projections]
     state = model.model.state_dict()
     groups = []
+    claimed: set[str] = set()
     for text_map in family.maps:
+        by_layer = _claim(model, text_map, state, claimed)
         if text_map.source == POOLED and not pooled:
             continue
-        keys = []
-        for key in state.keys():
-            found = text_map.matches(key)
-            kind = found.groupdict().get("kv") if found else None
-            if found and (kind is None or kind in wanted):
-                keys.append(key)
-        if not keys:
-            continue
-        widths = {_text_width(state[k].shape, text_map) for k in keys}
-        if len(widths) != 1:
-            raise ValueError(f"{text_map.label} weights of mixed input widths {sorted(widths)} are not supported")
-        out_features, in_features = state[keys[0]].shape
-        out_rows = _fused_slice(text_map, out_features, wanted)
-        steps = _row_steps(model, text_map, device)
-        groups.append(MapGroup(text_map, tuple(keys), widths.pop(), in_features, steps, out_rows, out_features))
+        for layer, found in by_layer.items():
+            keys = [key for key, kind in found if kind is None or kind in wanted]
+            if not keys:
+                continue
+            widths = {_text_width(state[k].shape, text_map) for k in keys}
+            if len(widths) != 1:
+                raise ValueError(f"{text_map.label} weights of mixed input widths {sorted(widths)} are not supported")
+            out_features, in_features = state[keys[0]].shape
+            out_rows = _fused_slice(text_map, out_features, wanted)
+            steps = _row_steps(model, text_map, device)
+            groups.append(
+                MapGroup(text_map, tuple(keys), widths.pop(), in_features, steps, out_rows, out_features, layer)
+            )
     if not groups:
         raise ValueError(
             f"this MODEL ({model_family(model)}) has none of the {family.name} text-reading weights "
             f"({', '.join(m.label for m in family.maps)})"
         )
     return groups
+
+
+def _claim(model, text_map: TextMap, state, claimed: set) -> dict:
+    """The keys of ``text_map`` not claimed by an earlier map, by source layer: {layer: [(key, "k"/"v"/None)]}."""
+    layers = None if text_map.layers is None else list(getattr(model.model.diffusion_model, text_map.layers))
+    by_layer: dict = {}
+    for key in state:
+        found = None if key in claimed else text_map.matches(key)
+        if not found:
+            continue
+        layer = None
+        if layers is not None:
+            block = int(found.group("block"))
+            if block >= len(layers):
+                continue
+            layer = int(layers[block])
+        claimed.add(key)
+        by_layer.setdefault(layer, []).append((key, found.groupdict().get("kv")))
+    return dict(sorted(by_layer.items(), key=lambda item: -1 if item[0] is None else item[0]))
 
 
 def _fused_slice(text_map: TextMap, out_features: int, wanted) -> Optional[tuple[int, int]]:

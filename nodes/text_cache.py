@@ -90,9 +90,9 @@ class RowCache:
 
 
 def _nbytes(encoded) -> int:
-    pooled = getattr(encoded, "pooled", None)
-    extra = 0 if pooled is None else pooled.numel() * pooled.element_size()
-    return encoded.rows.numel() * encoded.rows.element_size() + extra
+    tensors = [encoded.rows, getattr(encoded, "pooled", None)]
+    tensors += [rows for rows, _ in getattr(encoded, "extras", {}).values()]
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 ROW_CACHE = RowCache()

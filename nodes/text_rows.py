@@ -7,17 +7,18 @@ with EOS and padding, or an LLM chat template around the text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
 from ..uce_solver import EncodedPrompt, Segment
 from . import families
-from .families import CLIP_RULE, T5_RULE, TEMPLATE_RULE, Family
+from .families import BOS_PAD_RULE, CLIP_RULE, COND, POOLED, T5_RULE, TEMPLATE_RULE, Family, TextSegment
 from .text_cache import ROW_CACHE, RowCache, encoder_key
 
 ENCODE_BATCH = 64
+EXTRAS_BATCH = 8  # prompts held at a time when the family reads extra encoder outputs
 # A word the template rule puts into the family's prompt to see which tokens follow the user's text.
 _PROBE_TEXT = "x"
 
@@ -28,10 +29,12 @@ class PromptTooLongError(ValueError):
 
 @dataclass(frozen=True)
 class EncodedText:
-    """One prompt's conditioning rows (with their segments) and, if asked for, its pooled vector."""
+    """One prompt's conditioning rows (with their segments), if asked for its pooled vector, and the
+    extra encoder outputs its family reads (per source: [layers, rows, width] and the rows' segments)."""
 
     prompt: EncodedPrompt
     pooled: Optional[torch.Tensor] = None  # [width] or None when not encoded one prompt per pass
+    extras: dict = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -40,6 +43,13 @@ class EncodedText:
     @property
     def rows(self) -> torch.Tensor:
         return self.prompt.rows
+
+    def extra_prompt(self, source: str, layer: int) -> EncodedPrompt:
+        """The rows of one layer of an extra encoder output, as a prompt."""
+        if source not in self.extras:
+            raise ValueError(f"prompt {self.text!r} was encoded without the text encoder's {source!r} output")
+        rows, segments = self.extras[source]
+        return EncodedPrompt(self.text, rows[layer].to(torch.float32), segments=segments)
 
 
 _forces_weights_off: set = set()
@@ -89,8 +99,18 @@ def last_token_slot(clip, text: str, tokens: dict, names: Optional[Sequence[str]
     return next(iter(slots.values()))
 
 
-def prompt_segments(clip, family: Family, text: str, tokens: dict, cond_rows: Optional[int]) -> tuple[Segment, ...]:
+def prompt_segments(
+    clip,
+    family: Family,
+    text: str,
+    tokens: dict,
+    cond_rows: Optional[int],
+    layout: Optional[Sequence[TextSegment]] = None,
+) -> tuple[Segment, ...]:
     """The segments of one prompt's conditioning (rows and last content token per text encoder).
+
+    ``layout``: the segments of another encoder output than the conditioning
+    (default: the family's conditioning segments the CLIP has).
 
     ``cond_rows``: how many rows the encoder gave for it (None before encoding: only
     the checks that need no rows run). A last segment whose padding the model masks
@@ -99,7 +119,7 @@ def prompt_segments(clip, family: Family, text: str, tokens: dict, cond_rows: Op
     family expects.
     """
     parts = []  # (rows or None for "the rest", last or a function of the rows)
-    present = _present_segments(clip, family, tokens)
+    present = list(layout) if layout is not None else _present_segments(clip, family, tokens)
     kept = None  # rows of the last segment the model reads, when it masks its padding
     for segment in present:
         if segment.masked_padding and segment is not present[-1]:
@@ -115,6 +135,10 @@ def prompt_segments(clip, family: Family, text: str, tokens: dict, cond_rows: Op
             parts.append((len(chunk), end - 1))
             if segment.masked_padding:
                 kept = min(end + 1, len(chunk))
+        elif segment.rule == BOS_PAD_RULE:
+            (chunk,) = tokens[names[0]]
+            pad = _first(chunk, _special_token(clip, names[0], "pad_token"), start=1)
+            parts.append((len(chunk), (len(chunk) if pad is None else pad) - 1))
         elif segment.rule == TEMPLATE_RULE:
             parts.append((None, _template_suffix(clip, family, names[0], text, tokens)))
         else:
@@ -142,8 +166,9 @@ def prompt_segments(clip, family: Family, text: str, tokens: dict, cond_rows: Op
 _widths: dict = {}
 
 
-def encoder_widths(clip) -> tuple[int, Optional[int]]:
-    """Widths of the CLIP's conditioning rows and of its pooled vector (None if it has none), from one pass.
+def encoder_widths(clip) -> dict[str, int]:
+    """Widths of what the CLIP outputs, from one pass: COND rows, the POOLED vector (if it has one) and
+    every extra output (e.g. "conditioning_llama3").
 
     Does not depend on the tokenizers agreeing, so a CLIP of another family is
     reported by its width rather than by a tokenizer error. Remembered per encoder.
@@ -151,8 +176,12 @@ def encoder_widths(clip) -> tuple[int, Optional[int]]:
     key = encoder_key(clip)
     if key not in _widths:
         out = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True, return_dict=True)
-        pooled = out.get("pooled_output")
-        widths = (out["cond"].shape[-1], None if pooled is None else pooled.shape[-1])
+        names = {"cond": COND, "pooled_output": POOLED}
+        widths = {
+            names.get(name, name): value.shape[-1]
+            for name, value in out.items()
+            if isinstance(value, torch.Tensor) and value.ndim >= 2 and value.is_floating_point()
+        }
         if key is None:
             return widths
         _widths[key] = widths
@@ -161,7 +190,7 @@ def encoder_widths(clip) -> tuple[int, Optional[int]]:
 
 def conditioning_width(clip) -> int:
     """Width of the CLIP's conditioning rows (768 SD1.x, 1024 SD2.x, 2048 SDXL, 4096 T5 …)."""
-    return encoder_widths(clip)[0]
+    return encoder_widths(clip)[COND]
 
 
 def check_prompts(clip, texts: Sequence[str], family: Optional[Family] = None, cache: Optional[RowCache] = ROW_CACHE) -> None:
@@ -174,7 +203,7 @@ def check_prompts(clip, texts: Sequence[str], family: Optional[Family] = None, c
     for text in dict.fromkeys(texts):
         formatted = family.prompt_format.format(text)
         if key is None or not cache.contains((key, formatted)):
-            prompt_segments(clip, family, text, tokenize(clip, formatted), None)
+            _check_layouts(clip, family, text, tokenize(clip, formatted))
 
 
 def iter_encoded(
@@ -198,6 +227,8 @@ def iter_encoded(
     """
     family = family or families.family_of_clip(clip_encoders(clip))
     key = encoder_key(clip) if cache is not None else None
+    if family.extra_sources:  # many hidden layers per prompt (HiDream: 32 Llama layers, ~32 MiB in bf16)
+        batch_size = min(batch_size, EXTRAS_BATCH)
     for start in range(0, len(texts), batch_size):
         batch = list(texts[start : start + batch_size])
         found = {}
@@ -207,7 +238,8 @@ def iter_encoded(
                 if hit is not None and (hit.pooled is not None or not pooled):
                     found[text] = hit
         missing = list(dict.fromkeys(t for t in batch if t not in found))
-        for text, encoded in _encode(clip, family, missing, one_per_pass=pooled or not family.batch_encode):
+        one_per_pass = pooled or not family.batch_encode or bool(family.extra_sources)
+        for text, encoded in _encode(clip, family, missing, one_per_pass):
             found[text] = encoded
             if key is not None:
                 cache.put((key, family.prompt_format.format(text)), encoded)
@@ -233,23 +265,46 @@ def _encode(clip, family: Family, texts: list[str], one_per_pass: bool) -> Itera
         groups = list(by_shape.values())
     for group in groups:
         for text in group:
-            prompt_segments(clip, family, text, tokenized[text], None)  # refuse bad prompts before encoding
+            _check_layouts(clip, family, text, tokenized[text])  # refuse bad prompts before encoding
+        extras = [{}] * len(group)
         if len(group) == 1:
             out = clip.encode_from_tokens(tokenized[group[0]], return_pooled=True, return_dict=True)
             pooled = out.get("pooled_output")
             rows = out["cond"][0:1]
             pooled_rows = [None if pooled is None else pooled[0].to(torch.float32)]
+            extras = [_extra_outputs(clip, family, group[0], tokenized[group[0]], out)]
         else:
             names = tokenized[group[0]]
             merged = {name: [chunk for text in group for chunk in tokenized[text][name]] for name in names}
             out = clip.encode_from_tokens(merged, return_dict=True)
             rows = out["cond"].reshape(len(group), -1, out["cond"].shape[-1])
             pooled_rows = [None] * len(group)
-        for text, prompt_rows, pooled in zip(group, rows.to(torch.float32), pooled_rows):
+        for text, prompt_rows, pooled, extra in zip(group, rows.to(torch.float32), pooled_rows, extras):
             segments = prompt_segments(clip, family, text, tokenized[text], prompt_rows.shape[0])
             if segments[-1].stop < prompt_rows.shape[0]:  # masked padding: not text the model reads
                 prompt_rows = prompt_rows[: segments[-1].stop].clone()
-            yield text, EncodedText(EncodedPrompt(text, prompt_rows, segments=segments), pooled)
+            yield text, EncodedText(EncodedPrompt(text, prompt_rows, segments=segments), pooled, extra)
+
+
+def _check_layouts(clip, family: Family, text: str, tokens: dict) -> None:
+    """Raise for a prompt whose tokens do not fit the family's layouts (conditioning and extra outputs)."""
+    prompt_segments(clip, family, text, tokens, None)
+    for layout in family.extra_sources.values():
+        prompt_segments(clip, family, text, tokens, None, layout=(layout,))
+
+
+def _extra_outputs(clip, family: Family, text: str, tokens: dict, out: dict) -> dict:
+    """The family's extra encoder outputs of one prompt: {source: ([layers, rows, width], segments)}."""
+    extras = {}
+    for source, layout in family.extra_sources.items():
+        if source not in out:
+            raise ValueError(
+                f"this CLIP gives no {source!r} output, which the {family.name} MODEL reads: connect the CLIP "
+                "loaded with this MODEL (with all of its text encoders)"
+            )
+        rows = out[source][0]  # [layers, rows, width], in the encoder's dtype (HiDream: 32 Llama layers)
+        extras[source] = (rows, prompt_segments(clip, family, text, tokens, rows.shape[1], layout=(layout,)))
+    return extras
 
 
 def _present_segments(clip, family: Family, tokens: dict):
@@ -292,8 +347,12 @@ def _first(chunk, token: int, start: int) -> Optional[int]:
 
 
 def _end_token(clip, name: str) -> int:
+    return _special_token(clip, name, "end_token")
+
+
+def _special_token(clip, name: str, which: str) -> int:
     tokenizer = getattr(clip.tokenizer, f"clip_{name}", None) or getattr(clip.tokenizer, name, None)
-    end = getattr(tokenizer, "end_token", None)
-    if end is None:
-        raise ValueError(f"cannot find the end token of text encoder {name!r}; this CLIP type is not supported")
-    return end
+    token = getattr(tokenizer, which, None)
+    if token is None:
+        raise ValueError(f"cannot find the {which} of text encoder {name!r}; this CLIP type is not supported")
+    return token

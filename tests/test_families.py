@@ -164,6 +164,15 @@ CASES.update(
             also=("diffusion_model.blocks.0.cross_attn.k_proj.weight",),
             sampling={"cfg": 4.0, "scheduler": "simple"},
         ),
+        # HiDream: caption_projection.N (no bias) per block on Llama layer llama_layers[N], the last one on the
+        # T5 rows (the generic tests use that one; test_hidream_* below check the Llama ones).
+        "hidream": FamilyCase(
+            "HiDream", "diffusion_model.caption_projection.4.linear.weight",
+            "diffusion_model.p_embedder.pooled_embedder.linear_1.weight", False,
+            lambda tokens, rows: t5_segments(tokens), bias=False,
+            cond_keys=r"diffusion_model\.caption_projection\.\d+\.linear\.weight",
+            sampling={"cfg": 5.0, "scheduler": "simple"},
+        ),
     }
 )
 FAMILIES = list(CASES)
@@ -286,7 +295,7 @@ def test_patches_land_on_exactly_the_text_maps(pack, tiny):
         assert "has no pooled text input" in report
     state = built.model.model.state_dict()
     for key in set(with_pooled.patches):
-        assert (key.removesuffix("weight") + "bias" in state) == case.bias
+        assert (key.removesuffix("weight") + "bias" in state) == (True if key == case.pooled_map else case.bias)
 
 
 # -- the math -------------------------------------------------------------------------------------------
@@ -413,6 +422,45 @@ def test_wan_i2v_edits_the_text_keys_and_values_not_the_image_context(pack, tiny
     assert set(edited.patches) == CASES["wan21_t2v"].cond_maps(built.model), report
     values_only, _ = erase(pack, built.model, built.clip, projections="values")
     assert set(values_only.patches) == {k for k in CASES["wan21_t2v"].cond_maps(built.model) if ".v." in k}
+
+
+LLAMA_PAD = 128009  # ComfyUI's Llama-3 tokenizer: BOS, the prompt, no EOS, then this pad token
+
+
+def llama_prompt(clip, text, layer):
+    """(rows float64, segments) of one Llama hidden layer of a HiDream prompt, encoded by ComfyUI alone:
+    every row is read (the DiT has no mask); the last content token is the slot before the first pad."""
+    tokens = clip.tokenize(text)
+    out = clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
+    rows = out["conditioning_llama3"][0, layer].double()
+    ids = [t[0] for t in tokens["llama"][0]]
+    return rows, [(0, rows.shape[0], ids.index(LLAMA_PAD, 1) - 1)]
+
+
+@pytest.mark.parametrize("mode", ["paper", "last_token"])
+def test_hidream_each_caption_projection_is_the_closed_form_on_its_own_llama_layer(pack, tiny_family, mode):
+    """caption_projection.N reads Llama hidden layer llama_layers[N] (the test reads the list off the DiT):
+    each is the naive closed form on that layer's rows; projections on the same layer share one solve."""
+    from uce_devtools import tiny_hidream
+
+    built = tiny_family("hidream")
+    layers = list(built.model.model.diffusion_model.llama_layers)
+    assert len(set(layers)) < len(layers)  # two blocks read one layer
+    concepts, preserve = ["a red sports car", "Van Gogh"], ["a bicycle", "a lighthouse", ""]
+    edited, report = erase(pack, built.model, built.clip, concepts="\n".join(concepts), token_mode=mode)
+    assert set(edited.patches) == set(tiny_hidream.caption_projection_keys(built.model))
+    assert all(f"caption_projection (Llama) layer {layer}" in report for layer in set(layers))
+    for block, layer in enumerate(layers):
+        key = f"diffusion_model.caption_projection.{block}.linear.weight"
+        w0 = live_weights(built.model, [key])[key]
+        expected = ref.reference_erase_affine(
+            {key: w0}, {key: torch.zeros(w0.shape[0], dtype=torch.float64)},
+            [(llama_prompt(built.clip, c, layer), llama_prompt(built.clip, "", layer)) for c in concepts],
+            [llama_prompt(built.clip, t, layer) for t in preserve], mode, 1.0, 1 / 3, 0.5,
+        )[key]
+        got = live_weights(edited, [key])[key].double() - w0.double()
+        error = (torch.linalg.norm(got - expected) / torch.linalg.norm(expected)).item()
+        assert error < 1e-4, f"block {block} (layer {layer}) {mode}: relative error {error:.2e}"
 
 
 def test_pixart_projections_pick_the_halves_of_the_fused_kv_weight(pack, tiny_family):
