@@ -27,16 +27,29 @@ from uce_devtools.server import ComfyServer, artifacts_dir, status_messages
 PACK_NAME = "comfyui-uce"
 WORKFLOW_DIR = REPO_ROOT / "workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
-# Flux needs T5-XXL and a 3072-wide DiT, which no tiny file can stand in for (ComfyUI's loaders fix
-# their sizes): its workflow is validated by the server, not run; the SD3.5 one runs on a tiny SD3.
-VALIDATED_ONLY = {"uce_erase_flux"}
+# Flux needs T5-XXL and a 3072-wide DiT, WAN the 4096-wide UMT5-XXL and heads of 128 channels, HiDream
+# T5-XXL and Llama-3.1-8B, which no tiny file can stand in for (ComfyUI's loaders fix their sizes): those
+# workflows are validated by the server, not run (tests/test_families.py edits and samples tiny models of
+# these families in process); the SD3.5 one runs on a tiny SD3.
+VALIDATED_ONLY = {"uce_erase_flux": {"UNETLoader", "DualCLIPLoader", "VAELoader"},
+                  "uce_erase_wan22_video": {"UNETLoader", "CLIPLoader", "VAELoader"},
+                  # QuadrupleCLIPLoader (a V3 node) lists its files as options that /prompt does not check
+                  "uce_erase_hidream": {"UNETLoader", "VAELoader"}}
 RUNNABLE = [p for p in WORKFLOWS if p.stem not in VALIDATED_ONLY]
 # File names the examples use: what ComfyUI's own examples for each family load.
 MODEL_FILES = {
     "CheckpointLoaderSimple": [["v1-5-pruned-emaonly.safetensors"], ["sd3.5_large_fp8_scaled.safetensors"]],
-    "UNETLoader": [["flux1-dev.safetensors", "default"]],
+    "UNETLoader": [
+        ["flux1-dev.safetensors", "default"], ["wan2.2_ti2v_5B_fp16.safetensors", "default"],
+        ["hidream_i1_dev_bf16.safetensors", "default"],
+    ],
+    "QuadrupleCLIPLoader": [[
+        "clip_l_hidream.safetensors", "clip_g_hidream.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors",
+        "llama_3.1_8b_instruct_fp8_scaled.safetensors",
+    ]],
     "DualCLIPLoader": [["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"]],
-    "VAELoader": [["ae.safetensors"]],
+    "CLIPLoader": [["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "default"]],
+    "VAELoader": [["ae.safetensors"], ["wan2.2_vae.safetensors"]],
 }
 UCE_CLASSES = sorted(wf.UCE_CLASSES)
 TINY_SIZE, TINY_STEPS = 64, 2
@@ -206,10 +219,11 @@ def test_templates_browser_lists_every_workflow_with_its_thumbnail(server):
 
 
 # -- the example workflows -----------------------------------------------------------------------
-def test_there_are_the_seven_example_workflows():
+def test_there_are_the_nine_example_workflows():
     assert {p.stem for p in WORKFLOWS} == {
         "uce_erase_artist_style", "uce_erase_object", "uce_moderate_nudity",
         "uce_debias_professions", "uce_erase_many_then_save", "uce_erase_flux", "uce_erase_sd35",
+        "uce_erase_wan22_video", "uce_erase_hidream",
     }
 
 
@@ -277,16 +291,17 @@ def test_workflow_runs_through_the_server(path, server, object_info, checkpoint,
         assert_edit_is_baked_in(written[-1], checkpoint)
 
 
-def test_flux_workflow_validates_but_for_its_model_files(server, object_info):
-    """Everything in the Flux example is valid for the server except the model files it names,
-    which this machine does not have: /prompt lists only the three loaders."""
-    prompt = wf.derive_prompt(WORKFLOW_DIR / "uce_erase_flux.json", object_info)
+@pytest.mark.parametrize("name", sorted(VALIDATED_ONLY))
+def test_big_model_workflows_validate_but_for_their_model_files(server, object_info, name):
+    """Everything in the Flux, WAN and HiDream examples is valid for the server except the model files they name,
+    which this machine does not have: /prompt lists only their loaders."""
+    prompt = wf.derive_prompt(WORKFLOW_DIR / f"{name}.json", object_info)
     (uce,) = wf.nodes_of_type(prompt, "UCEEraseConcepts")
-    assert prompt[uce]["inputs"]["pooled"] == "auto" and prompt[uce]["inputs"]["concept_type"] == "art"
+    assert prompt[uce]["inputs"]["pooled"] == "auto"
     status, body = post_prompt(server, prompt)
     assert status == 400, body
     failed = {prompt[node_id]["class_type"] for node_id in body["node_errors"]}
-    assert failed == {"UNETLoader", "DualCLIPLoader", "VAELoader"}, json.dumps(body["node_errors"])[:2000]
+    assert failed == VALIDATED_ONLY[name], json.dumps(body["node_errors"])[:2000]
     for errors in body["node_errors"].values():
         assert all(error["type"] == "value_not_in_list" for error in errors["errors"]), errors
 

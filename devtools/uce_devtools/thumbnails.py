@@ -45,6 +45,8 @@ DISPLAY_NAMES = {  # ComfyUI's display names of the built-in nodes the examples 
     "CheckpointLoaderSimple": "Load Checkpoint",
     "UNETLoader": "Load Diffusion Model",
     "DualCLIPLoader": "DualCLIPLoader",
+    "CLIPLoader": "Load CLIP",
+    "QuadrupleCLIPLoader": "QuadrupleCLIPLoader",
     "VAELoader": "Load VAE",
     "FluxGuidance": "FluxGuidance",
     "EmptySD3LatentImage": "EmptySD3LatentImage",
