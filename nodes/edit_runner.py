@@ -231,16 +231,15 @@ def _check_clip(clip, family, groups, model) -> None:
         f"(this CLIP has {families.describe_encoders(encoders)}; for example an SD1.5 CLIP wired into an SDXL "
         "model); connect the CLIP loaded with this MODEL"
     )
-    for group in sorted(groups, key=lambda g: g.source != families.COND):  # the conditioning first
-        got = widths.get(group.source)
-        what = {families.COND: "text conditioning", families.POOLED: "pooled text vector"}.get(
-            group.source, f"{group.source} output"
-        )
-        if got != group.encoder_width:
+    needed = [(group, source, width) for group in groups for source, width in group.encoder_widths()]
+    for group, source, width in sorted(needed, key=lambda item: item[1] != families.COND):  # the conditioning first
+        got = widths.get(source)
+        what = {families.COND: "text conditioning", families.POOLED: "pooled text vector"}.get(source, f"{source} output")
+        if got != width:
             got_text = "no" if got is None else f"{got}-wide"
             raise ValueError(
                 f"the CLIP gives {got_text} {what} but this {model_weights.model_family(model)} MODEL's "
-                f"{group.label} expects {group.encoder_width}: the CLIP does not match the MODEL {hint}"
+                f"{group.label} expects {width}: the CLIP does not match the MODEL {hint}"
             )
     if family.encoders is not None and encoders != family.encoders:
         raise ValueError(

@@ -63,6 +63,22 @@ class TextMLP:
 
 
 @dataclass(frozen=True)
+class RowPart:
+    """One encoder output in the rows of a map that reads several of them joined in order
+    (HunyuanDiT: the BERT rows, then the model's MLP on the mT5 rows).
+
+    ``segment``: the layout of an extra output (COND: the family's segments).
+    ``padding``: (parameter, offset): the model puts rows ``offset + i`` of that
+    parameter (patcher key) in place of the rows after the part's end token.
+    """
+
+    source: str
+    segment: Optional[TextSegment] = None
+    mlp: Optional[TextMLP] = None
+    padding: Optional[tuple[str, int]] = None
+
+
+@dataclass(frozen=True)
 class TextMap:
     """Weights of the diffusion model that read text rows.
 
@@ -82,6 +98,8 @@ class TextMap:
     ``block`` group), the layer of ``source`` that block's weight reads; weights of
     blocks past the list are not this map's. A weight belongs to the first map that
     claims it.
+    ``parts``: the map reads several encoder outputs joined (then ``source``,
+    ``segment`` and ``mlp`` are unused).
     """
 
     label: str
@@ -94,6 +112,7 @@ class TextMap:
     fused: tuple[str, ...] = ()
     segment: Optional[TextSegment] = None
     layers: Optional[str] = None
+    parts: tuple[RowPart, ...] = ()
 
     def matches(self, key: str) -> Optional[re.Match]:
         return re.fullmatch(self.pattern, key)
@@ -136,7 +155,8 @@ class Family:
     @property
     def extra_sources(self) -> dict[str, TextSegment]:
         """The extra encoder outputs its maps read, with their row layouts."""
-        return {m.source: m.segment for m in self.maps if m.source not in (COND, POOLED)}
+        sources = [(m.source, m.segment) for m in self.maps] + [(p.source, p.segment) for m in self.maps for p in m.parts]
+        return {source: segment for source, segment in sources if source not in (COND, POOLED)}
 
 
 UNET_KV = TextMap(
@@ -254,6 +274,31 @@ FAMILIES: tuple[Family, ...] = (
             ),
         ),
         notes="T5 rows padded to 128 (all read); Llama rows BOS, prompt, padding to 128 (all read), one layer per block",
+    ),
+    # Per-block cross-attention on the BERT rows joined with the model's MLP on the mT5 rows.
+    Family(
+        "HunyuanDiT",
+        ("HunyuanDiT",),
+        frozenset({"hydit_clip", "mt5xl"}),
+        (TextSegment(("hydit_clip",), CLIP_RULE),),
+        (
+            TextMap(
+                "cross-attention",
+                r"diffusion_model\.blocks\.\d+\.attn2\.kv_proj\.weight",
+                bias=True,
+                fused=("k", "v"),
+                parts=(
+                    RowPart(COND, padding=("diffusion_model.text_embedding_padding", 0)),
+                    RowPart(
+                        "conditioning_mt5xl",
+                        TextSegment(("mt5xl",), T5_RULE),
+                        TextMLP(("diffusion_model.mlp_t5.0", "diffusion_model.mlp_t5.2"), SILU),
+                        padding=("diffusion_model.text_embedding_padding", 77),
+                    ),
+                ),
+            ),
+        ),
+        notes="rows: 77 BERT rows, then mlp_t5 of 256 mT5 rows; padding rows are the model's text_embedding_padding",
     ),
     # Per-block cross-attention on the rows of the model's own text MLP.
     Family(

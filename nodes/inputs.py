@@ -13,8 +13,8 @@ def model_input():
         "MODEL",
         {
             "tooltip": "The diffusion model to edit (SD1.x, SD2.x, SDXL, SD3/3.5, Flux.1, Flux.2, Chroma, Qwen-Image, "
-            "Z-Image, Lumina 2, HiDream, WAN 2.x video, LTX-Video, PixArt, Cosmos Predict2). It is not changed: a patched "
-            "copy comes out."
+            "Z-Image, Lumina 2, HiDream, HunyuanDiT, WAN 2.x video, LTX-Video, PixArt, Cosmos Predict2). "
+            "It is not changed: a patched copy comes out."
         },
     )
 
@@ -63,8 +63,8 @@ def common_solver_inputs(erase_scale: float, preserve_scale: float, preserve_too
             {
                 "default": "keys+values",
                 "tooltip": "Which cross-attention projections to edit (the paper edits both). Only for models with "
-                "per-block keys/values (SD1.x, SD2.x, SDXL, WAN, LTX-Video, PixArt, Cosmos); the joint-attention DiTs' "
-                "text input is edited as a whole.",
+                "per-block keys/values (SD1.x, SD2.x, SDXL, WAN, LTX-Video, PixArt, HunyuanDiT, Cosmos); "
+                "the joint-attention DiTs' text input is edited as a whole.",
             },
         ),
         "strength": (

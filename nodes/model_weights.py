@@ -12,9 +12,9 @@ import torch
 import comfy.lora
 import comfy.weight_adapter
 
-from ..uce_solver import Delta, DenseDelta, EncodedPrompt, LowRankDelta
+from ..uce_solver import Delta, DenseDelta, EncodedPrompt, LowRankDelta, Segment
 from . import families
-from .families import COND, GELU_TANH, POOLED, SILU, Family, TextMap
+from .families import COND, GELU_TANH, POOLED, SILU, Family, RowPart, TextMLP, TextMap
 
 PROJECTIONS = {
     "keys+values": ("k", "v"),
@@ -84,6 +84,45 @@ class RowMLP:
 RowStep = Union[RowNorm, RowMLP]
 
 
+@dataclass(frozen=True)
+class RowPadding:
+    """What the model puts in place of an encoder's padding: the rows after the end token become rows
+    ``offset + i`` of one of its parameters (as patched)."""
+
+    rows: torch.Tensor
+    offset: int
+
+    def __call__(self, prompt: EncodedPrompt) -> EncodedPrompt:
+        (segment,) = prompt.segments
+        first = segment.start + segment.last + 2  # the row after the end token
+        rows = prompt.rows.clone()
+        rows[first:] = self.rows[self.offset + first : self.offset + rows.shape[0]].to(rows)
+        return prompt.with_rows(rows)
+
+    def digest(self) -> str:
+        return _digest([self.rows], repr(self.offset))
+
+
+@dataclass(frozen=True)
+class PartRows:
+    """One encoder output of a map that reads several joined (families.RowPart), ready to apply."""
+
+    source: str
+    steps: tuple[RowStep, ...]
+    padding: Optional[RowPadding]
+    encoder_width: int
+
+    def rows_of(self, encoded) -> EncodedPrompt:
+        prompt = encoded.prompt if self.source == COND else encoded.extra_prompt(self.source, None)
+        for step in self.steps:
+            prompt = prompt.with_rows(step(prompt.rows))
+        return prompt if self.padding is None else self.padding(prompt)
+
+    def digest(self) -> str:
+        digests = [step.digest() for step in self.steps] + ([self.padding.digest()] if self.padding else [])
+        return _digest([], "|".join([self.source, *digests]))
+
+
 def _digest(tensors, extra: str) -> str:
     """A short fingerprint of tensors' values (for cache keys)."""
     h = hashlib.sha256(extra.encode())
@@ -104,6 +143,7 @@ class MapGroup:
     out_rows: Optional[tuple[int, int]] = None  # the output slice edited (part of fused weights), None: all
     out_features: int = 0  # the weights' full output size
     layer: Optional[int] = None  # the layer of the map's source these weights read (HiDream's Llama layers)
+    parts: tuple[PartRows, ...] = ()  # the encoder outputs joined into the rows, when there are several
 
     @property
     def label(self) -> str:
@@ -117,15 +157,17 @@ class MapGroup:
     def pooled(self) -> bool:
         return self.text_map.source == POOLED
 
-    @property
-    def encoder_width(self) -> int:
-        """The width of the encoder rows (or pooled vector) this group needs from the CLIP."""
+    def encoder_widths(self) -> list[tuple[str, int]]:
+        """(source, width) of each encoder output this group needs from the CLIP."""
+        if self.parts:
+            return [(part.source, part.encoder_width) for part in self.parts]
         mlps = [step for step in self.steps if isinstance(step, RowMLP)]
-        return mlps[0].in_features if mlps else self.width
+        return [(self.source, mlps[0].in_features if mlps else self.width)]
 
     def view_key(self) -> tuple:
         """What, besides the text and the CLIP, determines this group's rows (for caches)."""
-        return (self.text_map.source, self.layer, tuple(step.digest() for step in self.steps))
+        steps = [step.digest() for step in self.steps] + [part.digest() for part in self.parts]
+        return (self.text_map.source, self.layer, tuple(steps))
 
     def weights(self, model, device) -> "EffectiveWeights":
         """The group's weights as patched, restricted to the text columns and the edited output slice."""
@@ -145,6 +187,8 @@ class MapGroup:
             if encoded.pooled is None:
                 raise ValueError(f"prompt {encoded.text!r} was encoded without its pooled vector")
             return EncodedPrompt(encoded.text, encoded.pooled.reshape(1, -1), 0)
+        if self.parts:
+            return _joined([part.rows_of(encoded) for part in self.parts])
         prompt = encoded.prompt if self.source == COND else encoded.extra_prompt(self.source, self.layer)
         if not self.steps:
             return prompt
@@ -184,8 +228,9 @@ def text_map_groups(
             out_features, in_features = state[keys[0]].shape
             out_rows = _fused_slice(text_map, out_features, wanted)
             steps = _row_steps(model, text_map, device)
+            parts = tuple(_part_rows(model, part, device, in_features) for part in text_map.parts)
             groups.append(
-                MapGroup(text_map, tuple(keys), widths.pop(), in_features, steps, out_rows, out_features, layer)
+                MapGroup(text_map, tuple(keys), widths.pop(), in_features, steps, out_rows, out_features, layer, parts)
             )
     if not groups:
         raise ValueError(
@@ -244,18 +289,41 @@ def _row_steps(model, text_map: TextMap, device) -> tuple[RowStep, ...]:
         module = model.model.get_submodule(text_map.norm)
         steps.append(RowNorm(weight, float(getattr(module, "eps", None) or 1e-6)))
     if text_map.mlp is not None:
-        state = model.model.state_dict()
-        weight_keys = [f"{name}.weight" for name in text_map.mlp.linears]
-        bias_keys = [f"{name}.bias" for name in text_map.mlp.linears]
-        effective = EffectiveWeights(model, weight_keys + [k for k in bias_keys if k in state], device)
-        steps.append(
-            RowMLP(
-                tuple(effective[k] for k in weight_keys),
-                tuple(effective[k] if k in state else None for k in bias_keys),
-                text_map.mlp.activation,
-            )
-        )
+        steps.append(_row_mlp(model, text_map.mlp, device))
     return tuple(steps)
+
+
+def _row_mlp(model, mlp: TextMLP, device) -> RowMLP:
+    state = model.model.state_dict()
+    weight_keys = [f"{name}.weight" for name in mlp.linears]
+    bias_keys = [f"{name}.bias" for name in mlp.linears]
+    effective = EffectiveWeights(model, weight_keys + [k for k in bias_keys if k in state], device)
+    return RowMLP(
+        tuple(effective[k] for k in weight_keys),
+        tuple(effective[k] if k in state else None for k in bias_keys),
+        mlp.activation,
+    )
+
+
+def _part_rows(model, part: RowPart, device, width: int) -> PartRows:
+    """``width``: what the map reads (the part's encoder width unless the part has an MLP)."""
+    steps = () if part.mlp is None else (_row_mlp(model, part.mlp, device),)
+    padding = None
+    if part.padding is not None:
+        key, offset = part.padding
+        padding = RowPadding(EffectiveWeights(model, [key], "cpu")[key], offset)
+    return PartRows(part.source, steps, padding, steps[0].in_features if steps else width)
+
+
+def _joined(prompts: list[EncodedPrompt]) -> EncodedPrompt:
+    """Prompts of single-segment parts as one prompt whose segments follow each other."""
+    rows, segments, start = [], [], 0
+    for prompt in prompts:
+        for segment in prompt.segments:
+            segments.append(Segment(start + segment.start, start + segment.stop, segment.last))
+        rows.append(prompt.rows.to(torch.float32))
+        start += prompt.rows.shape[0]
+    return EncodedPrompt(prompts[0].text, torch.cat(rows), segments=segments)
 
 
 def patch_dtype(model, keys) -> torch.dtype:

@@ -44,12 +44,13 @@ class EncodedText:
     def rows(self) -> torch.Tensor:
         return self.prompt.rows
 
-    def extra_prompt(self, source: str, layer: int) -> EncodedPrompt:
-        """The rows of one layer of an extra encoder output, as a prompt."""
+    def extra_prompt(self, source: str, layer: Optional[int]) -> EncodedPrompt:
+        """The rows of an extra encoder output (of one of its layers, where it has several), as a prompt."""
         if source not in self.extras:
             raise ValueError(f"prompt {self.text!r} was encoded without the text encoder's {source!r} output")
         rows, segments = self.extras[source]
-        return EncodedPrompt(self.text, rows[layer].to(torch.float32), segments=segments)
+        rows = rows if layer is None else rows[layer]
+        return EncodedPrompt(self.text, rows.to(torch.float32), segments=segments)
 
 
 _forces_weights_off: set = set()
@@ -302,8 +303,8 @@ def _extra_outputs(clip, family: Family, text: str, tokens: dict, out: dict) -> 
                 f"this CLIP gives no {source!r} output, which the {family.name} MODEL reads: connect the CLIP "
                 "loaded with this MODEL (with all of its text encoders)"
             )
-        rows = out[source][0]  # [layers, rows, width], in the encoder's dtype (HiDream: 32 Llama layers)
-        extras[source] = (rows, prompt_segments(clip, family, text, tokens, rows.shape[1], layout=(layout,)))
+        rows = out[source][0]  # [rows, width] or [layers, rows, width] (HiDream: 32 Llama layers), as encoded
+        extras[source] = (rows, prompt_segments(clip, family, text, tokens, rows.shape[-2], layout=(layout,)))
     return extras
 
 

@@ -110,9 +110,16 @@ def tiny_family(comfy):
 
     Names: flux, chroma, sd3 (tiny_t5_families), qwen_image, z_image, lumina2, flux2 (tiny_llm_families),
     wan21_t2v, wan21_i2v, wan22_ti2v (tiny_wan_families), ltxv, pixart_alpha, pixart_sigma, cosmos_predict2
-    (tiny_xattn_families), hidream (tiny_hidream).
+    (tiny_xattn_families), hidream (tiny_hidream), hunyuan_dit (tiny_hunyuan_dit).
     """
-    from uce_devtools import tiny_hidream, tiny_llm_families, tiny_t5_families, tiny_wan_families, tiny_xattn_families
+    from uce_devtools import (
+        tiny_hidream,
+        tiny_hunyuan_dit,
+        tiny_llm_families,
+        tiny_t5_families,
+        tiny_wan_families,
+        tiny_xattn_families,
+    )
 
     builders = {
         "flux": tiny_t5_families.flux_model,
@@ -130,6 +137,7 @@ def tiny_family(comfy):
         "pixart_sigma": tiny_xattn_families.pixart_sigma_model,
         "cosmos_predict2": tiny_xattn_families.cosmos_predict2_model,
         "hidream": tiny_hidream.hidream_model,
+        "hunyuan_dit": tiny_hunyuan_dit.hunyuan_dit_model,
     }
     built: dict = {}
 

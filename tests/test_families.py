@@ -55,6 +55,8 @@ class FamilyCase:
     sampling: dict = field(default_factory=lambda: {"cfg": 2.0, "scheduler": "simple"})
     latent: str = "EmptySD3LatentImage"
     latent_inputs: dict = field(default_factory=lambda: {"width": 64, "height": 64, "batch_size": 1})
+    # (model, clip, text) -> (rows the maps read, segments), where the model joins several encoder outputs
+    joined_rows: Optional[Callable] = None
 
     def cond_maps(self, model) -> set[str]:
         if self.cond_keys is None:
@@ -173,6 +175,15 @@ CASES.update(
             cond_keys=r"diffusion_model\.caption_projection\.\d+\.linear\.weight",
             sampling={"cfg": 5.0, "scheduler": "simple"},
         ),
+        # HunyuanDiT: every block's fused attn2.kv_proj (+bias) reads 77 BERT rows joined with the model's mlp_t5
+        # on 256 mT5 rows, padding rows replaced by the model's text_embedding_padding.
+        "hunyuan_dit": FamilyCase(
+            "HunyuanDiT", "diffusion_model.blocks.1.attn2.kv_proj.weight", None, False, None,
+            cond_keys=r"diffusion_model\.blocks\.\d+\.attn2\.kv_proj\.weight",
+            also=("diffusion_model.blocks.3.attn2.kv_proj.weight",), joined_rows=lambda *a: hunyuan_dit_rows(*a),
+            sampling={"cfg": 6.0, "scheduler": "sgm_uniform"}, latent="EmptyLatentImage",
+            latent_inputs={"width": 32, "height": 32, "batch_size": 1},
+        ),
     }
 )
 FAMILIES = list(CASES)
@@ -247,6 +258,8 @@ def bias_of(model, key):
 def expected_erase(case, model, clip, concepts, guide, preserve, mode, key, pooled=False, **scales):
     """The naive affine closed form for one map, from rows the test encodes itself."""
     def prompt(text):
+        if case.joined_rows is not None and not pooled:
+            return case.joined_rows(model, clip, text)
         rows, segments, pooled_row = encode(case, clip, text)
         if pooled:
             return pooled_row.reshape(1, -1), [(0, 1, 0)]
@@ -332,8 +345,11 @@ def test_edited_rows_reach_the_guide_and_preserved_rows_stay(pack, tiny):
     b = bias_of(built.model, key)
 
     def last_rows(text):
-        rows, segments, _ = encode(case, built.clip, text)
-        rows = map_inputs(case, built.model, rows)
+        if case.joined_rows is not None:
+            rows, segments = case.joined_rows(built.model, built.clip, text)
+        else:
+            rows, segments, _ = encode(case, built.clip, text)
+            rows = map_inputs(case, built.model, rows)
         return torch.stack([rows[start + max(last, 0)] for start, _, last in segments])
 
     concept, guide, empty = last_rows("Van Gogh"), last_rows("a photo of a lighthouse"), last_rows("")
@@ -424,6 +440,17 @@ def test_wan_i2v_edits_the_text_keys_and_values_not_the_image_context(pack, tiny
     assert set(values_only.patches) == {k for k in CASES["wan21_t2v"].cond_maps(built.model) if ".v." in k}
 
 
+def hunyuan_dit_rows(model, clip, text):
+    """What HunyuanDiT's blocks read for one prompt (ComfyUI's own mlp_t5 and padding, weights as patched),
+    with the test's segments: the BERT rows ([CLS] … [SEP] 102, pad), then the mT5 rows (… EOS 1, pad)."""
+    from uce_devtools import tiny_hunyuan_dit
+
+    rows = tiny_hunyuan_dit.text_states(model, clip, text).double()
+    tokens = clip.tokenize(text)
+    bert, mt5 = ([t[0] for t in tokens[name][0]] for name in ("hydit_clip", "mt5xl"))
+    return rows, [(0, len(bert), bert.index(102) - 1), (len(bert), len(bert) + len(mt5), mt5.index(T5_EOS) - 1)]
+
+
 LLAMA_PAD = 128009  # ComfyUI's Llama-3 tokenizer: BOS, the prompt, no EOS, then this pad token
 
 
@@ -463,11 +490,12 @@ def test_hidream_each_caption_projection_is_the_closed_form_on_its_own_llama_lay
         assert error < 1e-4, f"block {block} (layer {layer}) {mode}: relative error {error:.2e}"
 
 
-def test_pixart_projections_pick_the_halves_of_the_fused_kv_weight(pack, tiny_family):
-    """kv_linear stacks K (first half of the outputs) over V: `keys` / `values` edit one half, and each half is
-    what the keys+values edit gives it (the closed form treats each output row on its own)."""
-    built = tiny_family("pixart_alpha")
-    key = CASES["pixart_alpha"].cond_map
+@pytest.mark.parametrize("family", ["pixart_alpha", "hunyuan_dit"])
+def test_projections_pick_the_halves_of_a_fused_kv_weight(pack, tiny_family, family):
+    """PixArt's kv_linear and HunyuanDiT's kv_proj stack K (first half of the outputs) over V: `keys` / `values`
+    edit one half, and each half is what the keys+values edit gives it (each output row is solved on its own)."""
+    built = tiny_family(family)
+    key = CASES[family].cond_map
     w0 = live_weights(built.model, [key])[key].double()
     half = w0.shape[0] // 2
     both, _ = erase(pack, built.model, built.clip)
