@@ -105,22 +105,27 @@ class RowPadding:
 
 @dataclass(frozen=True)
 class PartRows:
-    """One encoder output of a map that reads several joined (families.RowPart), ready to apply."""
+    """One encoder output as a map reads it: the output (and its layer), then what the model applies to it."""
 
     source: str
-    steps: tuple[RowStep, ...]
-    padding: Optional[RowPadding]
-    encoder_width: int
+    encoder_width: int  # the width the CLIP must give
+    layer: Optional[int] = None
+    steps: tuple[RowStep, ...] = ()
+    padding: Optional[RowPadding] = None
 
     def rows_of(self, encoded) -> EncodedPrompt:
-        prompt = encoded.prompt if self.source == COND else encoded.extra_prompt(self.source, None)
+        if self.source == POOLED:
+            if encoded.pooled is None:
+                raise ValueError(f"prompt {encoded.text!r} was encoded without its pooled vector")
+            return EncodedPrompt(encoded.text, encoded.pooled.reshape(1, -1), 0)
+        prompt = encoded.prompt if self.source == COND else encoded.extra_prompt(self.source, self.layer)
         for step in self.steps:
             prompt = prompt.with_rows(step(prompt.rows))
         return prompt if self.padding is None else self.padding(prompt)
 
     def digest(self) -> str:
         digests = [step.digest() for step in self.steps] + ([self.padding.digest()] if self.padding else [])
-        return _digest([], "|".join([self.source, *digests]))
+        return _digest([], "|".join([self.source, str(self.layer), *digests]))
 
 
 def _digest(tensors, extra: str) -> str:
@@ -139,19 +144,14 @@ class MapGroup:
     keys: tuple[str, ...]
     width: int  # the width of the text rows they read
     in_features: int  # the weights' full input width (wider than ``width`` when the text has some columns)
-    steps: tuple[RowStep, ...] = ()  # what the model applies to the encoder rows before these weights
+    parts: tuple[PartRows, ...]  # the encoder outputs they read (joined in order when there are several)
     out_rows: Optional[tuple[int, int]] = None  # the output slice edited (part of fused weights), None: all
     out_features: int = 0  # the weights' full output size
     layer: Optional[int] = None  # the layer of the map's source these weights read (HiDream's Llama layers)
-    parts: tuple[PartRows, ...] = ()  # the encoder outputs joined into the rows, when there are several
 
     @property
     def label(self) -> str:
         return self.text_map.label if self.layer is None else f"{self.text_map.label} layer {self.layer}"
-
-    @property
-    def source(self) -> str:
-        return self.text_map.source
 
     @property
     def pooled(self) -> bool:
@@ -159,15 +159,11 @@ class MapGroup:
 
     def encoder_widths(self) -> list[tuple[str, int]]:
         """(source, width) of each encoder output this group needs from the CLIP."""
-        if self.parts:
-            return [(part.source, part.encoder_width) for part in self.parts]
-        mlps = [step for step in self.steps if isinstance(step, RowMLP)]
-        return [(self.source, mlps[0].in_features if mlps else self.width)]
+        return [(part.source, part.encoder_width) for part in self.parts]
 
     def view_key(self) -> tuple:
         """What, besides the text and the CLIP, determines this group's rows (for caches)."""
-        steps = [step.digest() for step in self.steps] + [part.digest() for part in self.parts]
-        return (self.text_map.source, self.layer, tuple(steps))
+        return tuple(part.digest() for part in self.parts)
 
     def weights(self, model, device) -> "EffectiveWeights":
         """The group's weights as patched, restricted to the text columns and the edited output slice."""
@@ -183,19 +179,8 @@ class MapGroup:
 
     def rows_of(self, encoded) -> EncodedPrompt:
         """The rows these weights read for one encoded prompt (text_rows.EncodedText)."""
-        if self.pooled:
-            if encoded.pooled is None:
-                raise ValueError(f"prompt {encoded.text!r} was encoded without its pooled vector")
-            return EncodedPrompt(encoded.text, encoded.pooled.reshape(1, -1), 0)
-        if self.parts:
-            return _joined([part.rows_of(encoded) for part in self.parts])
-        prompt = encoded.prompt if self.source == COND else encoded.extra_prompt(self.source, self.layer)
-        if not self.steps:
-            return prompt
-        rows = prompt.rows
-        for step in self.steps:
-            rows = step(rows)
-        return prompt.with_rows(rows)
+        prompts = [part.rows_of(encoded) for part in self.parts]
+        return prompts[0] if len(prompts) == 1 else _joined(prompts)
 
 
 def text_map_groups(
@@ -227,11 +212,10 @@ def text_map_groups(
                 raise ValueError(f"{text_map.label} weights of mixed input widths {sorted(widths)} are not supported")
             out_features, in_features = state[keys[0]].shape
             out_rows = _fused_slice(text_map, out_features, wanted)
-            steps = _row_steps(model, text_map, device)
-            parts = tuple(_part_rows(model, part, device, in_features) for part in text_map.parts)
-            groups.append(
-                MapGroup(text_map, tuple(keys), widths.pop(), in_features, steps, out_rows, out_features, layer, parts)
-            )
+            width = widths.pop()
+            parts = tuple(_part_rows(model, part, device, width) for part in text_map.parts)
+            parts = parts or (_map_rows(model, text_map, layer, device, width),)
+            groups.append(MapGroup(text_map, tuple(keys), width, in_features, parts, out_rows, out_features, layer))
     if not groups:
         raise ValueError(
             f"this MODEL ({model_family(model)}) has none of the {family.name} text-reading weights "
@@ -281,7 +265,8 @@ def _text_width(shape, text_map: TextMap) -> int:
     return stop - start
 
 
-def _row_steps(model, text_map: TextMap, device) -> tuple[RowStep, ...]:
+def _map_rows(model, text_map: TextMap, layer: Optional[int], device, width: int) -> PartRows:
+    """The rows of a map that reads one encoder output: its RMSNorm or text MLP applied, where it has one."""
     steps: list[RowStep] = []
     if text_map.norm is not None:
         key = f"{text_map.norm}.weight"
@@ -290,7 +275,8 @@ def _row_steps(model, text_map: TextMap, device) -> tuple[RowStep, ...]:
         steps.append(RowNorm(weight, float(getattr(module, "eps", None) or 1e-6)))
     if text_map.mlp is not None:
         steps.append(_row_mlp(model, text_map.mlp, device))
-    return tuple(steps)
+    encoder_width = steps[-1].in_features if text_map.mlp is not None else width
+    return PartRows(text_map.source, encoder_width, layer, tuple(steps))
 
 
 def _row_mlp(model, mlp: TextMLP, device) -> RowMLP:
@@ -306,13 +292,13 @@ def _row_mlp(model, mlp: TextMLP, device) -> RowMLP:
 
 
 def _part_rows(model, part: RowPart, device, width: int) -> PartRows:
-    """``width``: what the map reads (the part's encoder width unless the part has an MLP)."""
+    """One part of a map that reads several encoder outputs joined; ``width``: what the map reads."""
     steps = () if part.mlp is None else (_row_mlp(model, part.mlp, device),)
     padding = None
     if part.padding is not None:
         key, offset = part.padding
         padding = RowPadding(EffectiveWeights(model, [key], "cpu")[key], offset)
-    return PartRows(part.source, steps, padding, steps[0].in_features if steps else width)
+    return PartRows(part.source, steps[0].in_features if steps else width, None, steps, padding)
 
 
 def _joined(prompts: list[EncodedPrompt]) -> EncodedPrompt:
