@@ -1,14 +1,17 @@
-"""DiT cases: the solver on the Flux.1 and SD3.5-large text maps, and those families end to end.
+"""DiT cases: the solver on the Flux.1, SD3.5-large and WAN 2.2-14B text maps, and Flux / SD3 end to end.
 
 Solver cases erase the paper's artist sets toward "art" (paper token mode, the paper's preserve
 list) on the maps that first read text: Flux.1 ``txt_in`` (256 T5 rows per prompt) and
 ``vector_in.in_layer`` (the CLIP-L pooled vector); SD3.5-large ``context_embedder`` (77 CLIP-L|G rows
-zero-padded to 4096, then 77 T5 rows) and ``y_embedder.mlp.0`` (the pooled vector). Rows are
+zero-padded to 4096, then 77 T5 rows) and ``y_embedder.mlp.0`` (the pooled vector); WAN 2.2-14B's 80
+cross-attention ``k`` / ``v`` weights, which all read the same 512 rows per prompt (UMT5 rows through
+the model's text MLP: after EOS one constant row, the MLP of zero padding). Rows are
 synthetic (one ``workload.RowFactory`` per text-encoder segment); prompts are built from
 ``Segment``s and aligned by ``uce_solver.erase_edit``. Preserve rows are made chunk by chunk and
 streamed into the solver, never all held. Edits larger than the memory budget are cut to the largest
 concept count that fits. The naive reference is timed on a subsample of prompts and extrapolated
-(``solver_cases.reference_baseline``); a check case runs it, and the float64 closed form, in full.
+(``solver_cases.reference_baseline``); a check case runs it, and the float64 closed form, in full (on
+one weight of a many-weight map, and the float64 comparison on its first and last blocks' weights).
 End to end: the edit runner on the tiny Flux and SD3 models of ``uce_devtools.tiny_t5_families``.
 """
 
@@ -19,7 +22,7 @@ import math
 import statistics
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -38,41 +41,63 @@ CONCEPT_STREAM, GUIDE_STREAM, PRESERVE_STREAM = 1, 2, 3
 STREAM_ROWS = 8192  # preserve rows per streamed chunk
 BUILD_PROMPTS = 64  # concept prompts generated at a time
 MEMORY_FRACTION = 0.8  # of the memory available when a case starts
+KEEP_DELTAS_BYTES = 256 << 20  # larger solutions keep only the updates compared after the solve
 ERASE_SCALE, LAMB = solver_cases.ERASE_SCALE, solver_cases.LAMB
 
 
 @dataclass(frozen=True)
 class RowSegment:
     """The rows one text encoder adds to a prompt: ``slots`` rows, a last-token ``rule``, and
-    ``columns`` non-zero leading columns (None: all; SD3's CLIP rows fill 2048 of 4096)."""
+    ``columns`` non-zero leading columns (None: all; SD3's CLIP rows fill 2048 of 4096).
+
+    ``constant_padding``: the rows after EOS (the row after the last content token) are one constant
+    row, the same for every prompt (WAN: UMT5 rows zero-padded to 512, then the model's text MLP, so
+    every padding row is MLP(0)); otherwise every slot is its own synthetic row."""
 
     slots: int
     rule: str
     columns: Optional[int] = None
+    constant_padding: bool = False
 
 
 @dataclass(frozen=True)
 class TextMap:
-    """One weight [d_out, width] that reads text rows laid out as ``segments``."""
+    """Weights [d_out, width] that read text rows laid out as ``segments``: ``key`` alone, or every
+    key of ``layer_keys`` (WAN: the 80 cross-attention k / v weights, one row source, one solve)."""
 
     label: str
     key: str
     d_out: int
     width: int
     segments: tuple[RowSegment, ...]
+    layer_keys: tuple[str, ...] = ()
 
     @property
     def slots(self) -> int:
         return sum(s.slots for s in self.segments)
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self.layer_keys or (self.key,)
+
+    @property
+    def layers(self) -> int:
+        return len(self.keys)
+
     def shapes(self, model: str) -> shapes_mod.ModelShapes:
-        return shapes_mod.ModelShapes(f"{model} {self.label}", self.width, ((self.key, self.d_out),))
+        return shapes_mod.ModelShapes(f"{model} {self.label}", self.width, tuple((k, self.d_out) for k in self.keys))
 
 
 @dataclass(frozen=True)
 class DitModel:
+    """``preserve_limit``: at most this many prompts of the paper's preserve list (its first ones).
+    ``exact_at_scale``: on the CPU, also compare the smallest concept count's case with the float64
+    closed form (False where that is one more full preserve Gram of many minutes: the check case does)."""
+
     name: str
     maps: tuple[TextMap, ...]
+    preserve_limit: Optional[int] = None
+    exact_at_scale: bool = True
 
 
 FLUX = DitModel(
@@ -95,6 +120,31 @@ SD35_LARGE = DitModel(
         TextMap("y_embedder", "diffusion_model.y_embedder.mlp.0.weight", 2432, 2048, (RowSegment(1, POOLED),)),
     ),
 )
+
+
+def _wan_keys(blocks: int) -> tuple[str, ...]:
+    return tuple(f"diffusion_model.blocks.{n}.cross_attn.{p}.weight" for n in range(blocks) for p in ("k", "v"))
+
+
+# WAN 2.2 T2V-A14B (and 2.1 14B): 40 blocks whose cross_attn.k / .v [5120, 5120] (with bias) read the rows
+# of text_embedding (Linear 4096->5120, GELU, Linear 5120->5120) applied to 512 UMT5-XXL rows
+# ([tokens, EOS, zero padding], no BOS, no mask). The issue's preserve list: 1,000 prompts.
+WAN_PRESERVE = 1000
+WAN = DitModel(
+    "WAN 2.2-14B",
+    (
+        TextMap(
+            "cross_attn k/v",
+            _wan_keys(40)[0],
+            5120,
+            5120,
+            (RowSegment(512, T5, constant_padding=True),),
+            layer_keys=_wan_keys(40),
+        ),
+    ),
+    preserve_limit=WAN_PRESERVE,
+    exact_at_scale=False,
+)
 TINY_FLUX = DitModel(
     "tiny Flux-like",
     (
@@ -108,6 +158,21 @@ TINY_SD3 = DitModel(
         TextMap("context_embedder", SD35_LARGE.maps[0].key, 40, 64, (RowSegment(8, CLIP, 32), RowSegment(8, T5))),
         TextMap("y_embedder", SD35_LARGE.maps[1].key, 40, 32, (RowSegment(1, POOLED),)),
     ),
+)
+TINY_WAN = DitModel(
+    "tiny WAN-like",
+    (
+        TextMap(
+            "cross_attn k/v",
+            _wan_keys(4)[0],
+            48,
+            64,
+            (RowSegment(24, T5, constant_padding=True),),
+            layer_keys=_wan_keys(4),
+        ),
+    ),
+    preserve_limit=40,
+    exact_at_scale=False,
 )
 
 
@@ -132,7 +197,8 @@ class DitCase:
 
 
 class MapRows:
-    """Deterministic synthetic prompts of one text map: a RowFactory per segment, zero-padded columns."""
+    """Deterministic synthetic prompts of one text map: a RowFactory per segment, zero-padded columns;
+    segments with ``constant_padding`` repeat one row (per segment, the same in every prompt) after EOS."""
 
     def __init__(self, text_map: TextMap, device, seed: int = 0):
         self.map = text_map
@@ -141,26 +207,55 @@ class MapRows:
             workload.RowFactory(seg.columns or text_map.width, device, seed + 17 * i, seg.slots)
             for i, seg in enumerate(text_map.segments)
         ]
-        self._lasts: list[list[int]] = []  # per segment, the concept prompts' last tokens
+        self.padding_rows = [
+            self._padding_row(factory) if seg.constant_padding else None
+            for seg, factory in zip(text_map.segments, self.factories)
+        ]
+        self._lasts: dict[int, list[list[int]]] = {}  # per stream, per segment, the prompts' last tokens
+
+    @staticmethod
+    def _padding_row(factory: workload.RowFactory) -> torch.Tensor:
+        """The constant padding row (a text MLP's output for a zero row): a fixed direction, the rows' norm."""
+        gen = torch.Generator(device=factory.device).manual_seed(factory.seed * 1000 + 999)
+        row = torch.randn(factory.width, generator=gen, device=factory.device)
+        return row.mul_(factory.norm / row.norm())
 
     def rows(self, indices, stream: int) -> torch.Tensor:
         """Rows [len(indices), slots, width] of these prompts of ``stream`` (the same for any chunking)."""
         out = torch.zeros(len(indices), self.map.slots, self.map.width, device=self.device)
         start = 0
-        for seg, factory in zip(self.map.segments, self.factories):
-            factory.prompt_rows(indices, stream, out[:, start : start + seg.slots, : factory.width])
+        for s, (seg, factory) in enumerate(zip(self.map.segments, self.factories)):
+            view = out[:, start : start + seg.slots, : factory.width]
+            if seg.constant_padding:
+                # The prompt's tokens and EOS are drawn; every later slot is the padding row.
+                lengths = [min(seg.slots, self._last(stream, index, s) + 2) for index in indices]
+                factory.prompt_rows(indices, stream, view, lengths)
+                for j, length in enumerate(lengths):
+                    view[j, length:] = self.padding_rows[s]
+            else:
+                factory.prompt_rows(indices, stream, view)
             start += seg.slots
         return out
 
-    def concept_lasts(self, index: int) -> tuple[int, ...]:
-        """Per segment, the last content token of concept prompt ``index``."""
-        if not self._lasts or index >= len(self._lasts[0]):
+    def _last(self, stream: int, index: int, segment: int) -> int:
+        if stream == GUIDE_STREAM:
+            return self.guide_lasts()[segment]
+        return self._stream_lasts(stream, index)[segment]
+
+    def _stream_lasts(self, stream: int, index: int) -> tuple[int, ...]:
+        """Per segment, the last content token of prompt ``index`` of a concept or preserve stream."""
+        lasts = self._lasts.get(stream)
+        if lasts is None or index >= len(lasts[0]):
             count = max(workload.PAPER_ARTISTS + 1, 2 * index + 1)
-            self._lasts = [
-                factory.lasts(count, *CONCEPT_LASTS[seg.rule], stream=CONCEPT_STREAM)
+            lasts = self._lasts[stream] = [
+                factory.lasts(count, *CONCEPT_LASTS[seg.rule], stream=stream)
                 for seg, factory in zip(self.map.segments, self.factories)
             ]
-        return tuple(lasts[index] for lasts in self._lasts)
+        return tuple(segment_lasts[index] for segment_lasts in lasts)
+
+    def concept_lasts(self, index: int) -> tuple[int, ...]:
+        """Per segment, the last content token of concept prompt ``index``."""
+        return self._stream_lasts(CONCEPT_STREAM, index)
 
     def guide_lasts(self) -> tuple[int, ...]:
         return tuple(GUIDE_LAST[seg.rule] for seg in self.map.segments)
@@ -267,14 +362,18 @@ def needed_bytes(solver, text_map: TextMap, concepts: int, edit_rows: int, copy_
 
     Building: the concept prompts' rows plus the aligned C and G (float32). Solving: C and G, what the
     solver adds per edit-row element (``copy_bytes`` for a dense update; 24 for a low-rank one, whose
-    factor needs C^T and its solution in float64), d x d float64 matrices, a streamed chunk twice.
+    factor needs C^T and its solution in float64), d x d float64 matrices, a streamed chunk twice, one
+    weight in float32 and every weight's update as solved (float32; 80 dense [5120, 5120] for WAN).
     Reference: C and G, its batch buffers of outer products and its d x d matrices.
     """
     m, d = edit_rows, text_map.width
     held = 8 * m * d
     build = 4 * concepts * text_map.slots * d + held
-    per_element = 24 if solver.prefers_low_rank(m, text_map.d_out, d) else copy_bytes
-    solve = held + int(per_element * m * d) + 4 * 8 * d * d + 12 * STREAM_ROWS * d
+    low_rank = solver.prefers_low_rank(m, text_map.d_out, d)
+    per_element = 24 if low_rank else copy_bytes
+    weight = 4 * text_map.d_out * d
+    deltas = 4 * (text_map.layers * text_map.d_out * m + m * d) if low_rank else text_map.layers * weight
+    solve = held + int(per_element * m * d) + 4 * 8 * d * d + 12 * STREAM_ROWS * d + weight + deltas
     batch = min(text_map.slots, reference.outer_batch_rows(text_map.d_out, d))
     ref = held + 4 * batch * d * (d + text_map.d_out) + 12 * d * (d + text_map.d_out)
     return max(build, solve, ref)
@@ -305,6 +404,48 @@ def model_needed_bytes(solver, model: DitModel, concepts: int, device) -> int:
 
 
 # ---------------------------------------------------------------- solver cases
+
+
+class LazyWeights(Mapping):
+    """Random fp16-valued weights ~ N(0, 1/d), each made in float32 on access from its own seed and not
+    kept (as the node's EffectiveWeights computes each weight when the solver reads it), so 80
+    [5120, 5120] weights are never all held. ``seconds``: time spent making them (taken out of the solve's)."""
+
+    def __init__(self, shapes: shapes_mod.ModelShapes, device, seed: int = 0):
+        self.shapes = {key: (d_out, shapes.width) for key, d_out in shapes.layers}
+        self.index = {key: i for i, key in enumerate(self.shapes)}
+        self.device = device
+        self.seed = seed
+        self.seconds = 0.0
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        d_out, width = self.shapes[key]
+        sync(self.device)
+        began = time.perf_counter()
+        gen = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.index[key])
+        weight = (torch.randn(d_out, width, generator=gen, device=self.device) / width**0.5).half().float()
+        sync(self.device)
+        self.seconds += time.perf_counter() - began
+        return weight
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+def make_weights(text_map: TextMap, map_shapes: shapes_mod.ModelShapes, device):
+    """Float32 weights: held when the map has one weight, else made on access (LazyWeights)."""
+    if text_map.layers > 1:
+        return LazyWeights(map_shapes, device)
+    return {k: w.float() for k, w in shapes_mod.random_weights(map_shapes, device).items()}
+
+
+def compared_keys(text_map: TextMap) -> list[str]:
+    """The weights compared with the float64 closed form: all, or the first and last blocks' two each."""
+    keys = list(text_map.keys)
+    return keys if len(keys) <= 4 else keys[:2] + keys[-2:]
 
 
 @dataclass(frozen=True)
@@ -349,6 +490,9 @@ def run_case(solver, case: DitCase, device, budget: solver_cases.Budget) -> dict
         preserve, source = case.preserve, "check case" if case.check else "given count"
     else:
         preserve, source = workload.preserve_count(case.concepts)
+        limit = case.model.preserve_limit
+        if limit is not None and preserve > limit:
+            preserve, source = limit, f"the first {limit:,} of {preserve:,} ({source})"
     sources = {m.label: MapRows(m, device) for m in case.model.maps}
     copy_bytes = solve_copy_bytes(solver, device)
     memory = case.memory_bytes or int(MEMORY_FRACTION * available_bytes(device))
@@ -412,15 +556,23 @@ def _run_map(
     map_shapes = text_map.shapes(case.model.name)
     edit = build_edit(solver, rows, concepts)
     scales = solver.Scales(erase=ERASE_SCALE, preserve=max(0.1, 1.0 / preserve) if preserve else 1.0, lamb=LAMB)
-    weights = {k: w.float() for k, w in shapes_mod.random_weights(map_shapes, device).items()}
+    weights = make_weights(text_map, map_shapes, device)
     solution, fast = fast_solve(solver, weights, edit, rows, preserve, scales, device, budget.repeats)
     delta = solution.deltas[text_map.key]
+    deltas_bytes = solver.storage_bytes(solution.deltas.values())
+    compared = compared_keys(text_map)
+    if deltas_bytes > KEEP_DELTAS_BYTES:
+        # Keep only the updates compared below (80 dense WAN updates are 8 GiB), then time the reference.
+        kept = {k: solution.deltas[k] for k in dict.fromkeys([*map_shapes.representatives(), *compared])}
+        solution = solver.Solution(deltas=kept, edit_rows=solution.edit_rows, preserve_rows=solution.preserve_rows)
+        gc.collect()
 
     exact = _LazyExact(edit, rows, preserve, scales)
     fast_vs_exact = None
     if case.check or case.exact or text_map.segments[0].rule == POOLED:
-        fast_vs_exact = relative_difference(delta.dense(), exact.delta(weights[text_map.key]))
-    ref_budget = solver_cases.Budget(math.inf, math.inf, 1) if case.check else budget
+        fast_vs_exact = max(relative_difference(solution.deltas[k].dense(), exact.delta(weights[k])) for k in compared)
+    # Check cases: every prompt; the map's other weights too where they are estimated under rest_seconds.
+    ref_budget = solver_cases.Budget(math.inf, budget.rest_seconds, 1) if case.check else budget
     inputs = _BaselineInputs(scales, edit_pairs(edit), PreservePrompts(rows, preserve), weights)
     ref = solver_cases.reference_baseline(
         inputs, _BaselineCase(map_shapes, concepts), device, ref_budget, solution, exact
@@ -430,11 +582,15 @@ def _run_map(
     return {
         "map": text_map.label,
         "key": text_map.key,
+        "weights": text_map.layers,
         "d_out": text_map.d_out,
         "width": text_map.width,
         "slots": text_map.slots,
         "segments": [
-            f"{s.slots} {s.rule}" + (f" ({s.columns} columns)" if s.columns else "") for s in text_map.segments
+            f"{s.slots} {s.rule}"
+            + (f" ({s.columns} columns)" if s.columns else "")
+            + (", constant padding after EOS" if s.constant_padding else "")
+            for s in text_map.segments
         ],
         "edit_rows": edit.count,
         "preserve_rows": preserve * text_map.slots,
@@ -442,12 +598,15 @@ def _run_map(
         "low_rank": isinstance(delta, solver.LowRankDelta),
         "fast": fast,
         "fast_vs_exact": fast_vs_exact,
+        "exact_compared_weights": len(compared) if fast_vs_exact is not None else 0,
         "reference": ref,
         "memory": {
             "edit_bytes": 8 * edit.count * text_map.width,
             "needed_bytes": needed_bytes(solver, text_map, concepts, edit.count, copy_bytes),
             "preserve_held_bytes": 4 * preserve * text_map.slots * text_map.width,
             "gram_bytes": 8 * text_map.width**2,
+            "deltas_bytes": deltas_bytes,
+            "weights_fp16_bytes": 2 * text_map.layers * text_map.d_out * text_map.width,
             "peak_bytes": fast["peak_bytes"],
             "peak_method": fast["peak_method"],
         },
@@ -455,27 +614,35 @@ def _run_map(
 
 
 def fast_solve(solver, weights, edit, rows: MapRows, preserve: int, scales, device, repeats: int):
-    """``uce_solver.solve`` with the preserve rows streamed; seconds exclude making the rows.
+    """``uce_solver.solve`` with the preserve rows streamed; seconds exclude making the rows (and making
+    LazyWeights' weights).
 
-    Peak memory is measured over the first call (edit rows and weights already resident).
+    Peak memory is measured over the first call (edit rows and held weights already resident).
     """
     streams: list[PreserveStream] = []
+    weight_times: list[float] = []
 
     def solve():
         stream = PreserveStream(rows, preserve)
         streams.append(stream)
-        return solver.solve(weights, edit, stream, scales)
+        before = getattr(weights, "seconds", 0.0)
+        try:
+            return solver.solve(weights, edit, stream, scales)
+        finally:
+            weight_times.append(getattr(weights, "seconds", 0.0) - before)
 
     gc.collect()
     with PeakMemory(device) as peak:
         first = timed(solve, device)
     solution, _, times = median_time(solve, device, repeats, first)
     making = [s.seconds for s in streams[-len(times) :]]
-    net = [t - g for t, g in zip(times, making)]
+    weighting = weight_times[-len(times) :]
+    net = [t - g - w for t, g, w in zip(times, making, weighting)]
     return solution, {
         "seconds": statistics.median(net),
         "times": net,
         "row_seconds": statistics.median(making),
+        "weight_seconds": statistics.median(weighting),
         "peak_bytes": peak.bytes,
         "peak_method": peak.method,
     }
@@ -484,8 +651,15 @@ def fast_solve(solver, weights, edit, rows: MapRows, preserve: int, scales, devi
 # ---------------------------------------------------------------- end to end
 
 
-def run_e2e(device: str, artists: int, preserve: int) -> list[dict]:
-    """The edit runner on the tiny Flux and SD3 models (ComfyUI in-process), first and repeated run."""
+E2E_MODELS = (("tiny Flux.1", "flux"), ("tiny SD3", "sd3"))
+
+
+def run_e2e(device: str, artists: int, preserve: int, families=("flux", "sd3")) -> list[dict]:
+    """The edit runner on the tiny Flux and SD3 models (ComfyUI in-process), first and repeated run
+    (only those of ``families``)."""
+    names = [name for name, family in E2E_MODELS if family in families]
+    if not names:
+        return []
     try:
         from uce_devtools import comfy_env, tiny_t5_families
 
@@ -493,12 +667,14 @@ def run_e2e(device: str, artists: int, preserve: int) -> list[dict]:
         pack = comfy_env.load_pack()
     except Exception as error:  # noqa: BLE001 - no ComfyUI: every case says why it was skipped
         reason = f"ComfyUI unavailable ({type(error).__name__}: {error})".replace("\n", " ")
-        return [{"model": name, "skipped": reason} for name in ("tiny Flux.1", "tiny SD3")]
+        return [{"model": name, "skipped": reason} for name in names]
     out = []
     for name, family, build in (
         ("tiny Flux.1", "flux", tiny_t5_families.flux_model),
         ("tiny SD3", "sd3", tiny_t5_families.sd3_model),
     ):
+        if name not in names:
+            continue
         try:
             tiny = build()
             state = tiny.model.model.state_dict()

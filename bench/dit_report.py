@@ -14,6 +14,18 @@ SUMMARY_HEADER = [
     "naive reference, both maps",
     "speed-up",
 ]
+SHARED_HEADER = [
+    "Model, concepts",
+    "concepts run",
+    "weights",
+    "edit rows",
+    "preserve prompts (rows)",
+    "fast solve, all weights",
+    "making rows + weights (not counted)",
+    "peak memory",
+    "naive reference, all weights",
+    "speed-up",
+]
 TIME_HEADER = [
     "Case",
     "map",
@@ -53,21 +65,40 @@ def gib(value: int) -> str:
     return f"{value / 2**30:.2f} GiB" if value >= 2**30 else mib(value)
 
 
+# Model names of the runs' cases -> the family the heading names (the smoke run's tiny models included).
+FAMILY_NAMES = {"tiny Flux-like": "Flux.1", "tiny SD3-like": "SD3.5-large", "tiny WAN-like": "WAN 2.2-14B"}
+DEFAULT_FAMILIES = "Flux.1, SD3.5-large"
+
+
+def _weights(m: dict) -> int:
+    return m.get("weights", 1)
+
+
+def _shared(c: dict) -> bool:
+    """A case whose map is many weights reading one row source (WAN's 80 cross-attention k / v)."""
+    return any(_weights(m) > 1 for m in c["maps"])
+
+
 def _shape(m: dict) -> str:
-    return f"{m['map']} [{m['d_out']}, {m['width']}]"
+    count = f"{_weights(m)}× " if _weights(m) > 1 else ""
+    return f"{m['map']} {count}[{m['d_out']}, {m['width']}]"
 
 
 def _how(ref: dict) -> str:
     if not ref["extrapolated"]:
         return "all prompts measured"
-    text = "extrapolated linearly from a subsample of prompts"
+    layers = ref.get("layers", 1)
+    scaled = f" on {ref['layers_run']} of {layers} weights, times {layers}" if ref["layers_run"] < layers else ""
+    if not ref.get("subsampled"):
+        return f"all prompts measured{scaled}"
+    text = f"extrapolated linearly from a subsample of prompts{scaled}"
     return f"{text} ({ref['note']})" if ref.get("note") else text
 
 
 def summary_table(cases: list[dict]) -> str:
     rows = []
     for c in cases:
-        if c["check"]:
+        if c["check"] or _shared(c):
             continue
         maps = c["maps"]
         fast = sum(m["fast"]["seconds"] for m in maps)
@@ -88,6 +119,35 @@ def summary_table(cases: list[dict]) -> str:
         )
     return "### DiT shapes: fast solve vs the naive reference (both maps of each model; ≈ = extrapolated)\n\n" + _table(
         SUMMARY_HEADER, rows
+    )
+
+
+def shared_table(cases: list[dict]) -> str:
+    """Models whose text rows are read by many weights (one Gram, one factorisation for all of them)."""
+    rows = []
+    for c in cases:
+        if c["check"] or not _shared(c):
+            continue
+        for m in c["maps"]:
+            ref = m["reference"]
+            run = f"{c['concepts']:,}" + ("" if c["concepts"] == c["concepts_requested"] else " (memory limit)")
+            rows.append(
+                [
+                    f"{c['model']}, {c['concepts_requested']:,}",
+                    run,
+                    _shape(m),
+                    f"{m['edit_rows']:,}",
+                    f"{c['preserve_prompts']:,} ({m['preserve_rows']:,})",
+                    seconds(m["fast"]["seconds"]),
+                    seconds(m["fast"]["row_seconds"] + m["fast"].get("weight_seconds", 0.0)),
+                    gib(m["memory"]["peak_bytes"]),
+                    seconds(ref["seconds"], ref["extrapolated"]),
+                    ratio(ref["speedup"], ref["extrapolated"]),
+                ]
+            )
+    return (
+        "### Many weights on one row source: fast solve (one Gram and one factorisation for all of them) vs the "
+        "naive reference (each weight on its own; ≈ = extrapolated)\n\n" + _table(SHARED_HEADER, rows)
     )
 
 
@@ -139,17 +199,37 @@ def memory_table(cases: list[dict]) -> str:
                 f"{c['concepts']:,} concepts ran instead, with the {c['concepts_requested']:,}-concept case's "
                 f"preserve list ({c['preserve_prompts']:,} prompts)."
             )
+    for c in cases:
+        for m in c["maps"]:
+            mem = m["memory"]
+            if _weights(m) > 1 and "deltas_bytes" in mem:
+                notes.append(
+                    f"- {c['case']}: the {_weights(m)} weights ({gib(mem['weights_fp16_bytes'])} in fp16) are made one "
+                    f"at a time as the solver reads them (not held); the peak includes every update as solved "
+                    f"({gib(mem['deltas_bytes'])}, {'low-rank' if m['low_rank'] else 'dense'}, float32)."
+                )
     text = "### DiT shapes, per map: memory\n\n" + _table(MEMORY_HEADER, rows)
     return text + ("\n\n" + "\n".join(notes) if notes else "")
 
 
 def accuracy_table(cases: list[dict]) -> str:
-    rows = []
+    rows, notes = [], []
     for c in cases:
         for m in c["maps"]:
             ref = m["reference"]
             if m["fast_vs_exact"] is None and ref["fast_vs_baseline"] is None:
                 continue
+            if _weights(m) > 1:
+                notes.append(
+                    f"- {c['case']}: fast vs exact is the largest over {m.get('exact_compared_weights', 1)} of the "
+                    f"{_weights(m)} weights (first and last blocks' k and v)"
+                    + (
+                        f"; the reference ran on {ref['full_rows_layers']} of them"
+                        if ref["fast_vs_baseline"] is not None
+                        else ""
+                    )
+                    + "."
+                )
             rows.append(
                 [
                     c["case"],
@@ -159,10 +239,11 @@ def accuracy_table(cases: list[dict]) -> str:
                     sci(ref["baseline_vs_exact"]),
                 ]
             )
-    return (
+    text = (
         "### DiT shapes: accuracy (relative difference ‖ΔW − ΔW_x‖/‖ΔW_x‖; the reference only where it ran on "
         "every prompt)\n\n" + _table(ACCURACY_HEADER, rows)
     )
+    return text + ("\n\n" + "\n".join(notes) if notes else "")
 
 
 def e2e_tables(cases: list[dict]) -> str:
@@ -220,9 +301,14 @@ def _order(cases: list[dict]) -> list[dict]:
 
 def markdown(dit: dict) -> str:
     cases = _order([c for c in dit["solver"] if "skipped" not in c])
-    parts = ["## DiT families (Flux.1, SD3.5-large)"]
+    families = ", ".join(dict.fromkeys(FAMILY_NAMES.get(c["model"], c["model"]) for c in cases))
+    parts = [f"## DiT families ({families or DEFAULT_FAMILIES})"]
     if cases:
-        parts += [summary_table(cases), time_table(cases), memory_table(cases), accuracy_table(cases)]
+        if any(not c["check"] and not _shared(c) for c in cases):
+            parts.append(summary_table(cases))
+        if any(not c["check"] and _shared(c) for c in cases):
+            parts.append(shared_table(cases))
+        parts += [time_table(cases), memory_table(cases), accuracy_table(cases)]
     failed = [f"- {c['case']}: skipped: {c['skipped']}" for c in dit["solver"] if "skipped" in c]
     if failed:
         parts.append("\n".join(failed))
@@ -236,12 +322,18 @@ NOTES = """### How to read the DiT tables
 - Shapes: Flux.1 `txt_in` [3072, 4096] on 256 T5 rows per prompt ([tokens, EOS, pad …], no BOS) and
   `vector_in.in_layer` [3072, 768] on the CLIP-L pooled vector; SD3.5-large `context_embedder`
   [2432, 4096] on 154 rows (77 CLIP-L|G rows whose columns 2048:4096 are zero, then 77 T5 rows) and
-  `y_embedder.mlp.0` [2432, 2048] on the pooled vector. Random fp16 weights solved in float32; biases
-  do not enter the closed form.
+  `y_embedder.mlp.0` [2432, 2048] on the pooled vector; WAN 2.2-14B (T2V-A14B; 2.1 14B alike): the 40
+  blocks' `cross_attn.k` and `.v` [5120, 5120], 80 weights that all read the same 512 rows per prompt
+  (UMT5-XXL rows [tokens, EOS, zero padding], no BOS, no mask, through the model's `text_embedding`
+  MLP, so every padding row is one constant row, the same in every prompt); one solve serves the 80,
+  the naive reference solves each on its own. Random fp16 weights solved in float32 (WAN's made one at
+  a time as the solver reads them, as the node does; that time is taken out too); biases do not enter
+  the closed form.
 - Rows are synthetic (per text-encoder segment: norms ≈ 28, a component shared by every prompt per
   slot, so the Grams are ill-conditioned); counts are the paper's: erased sets, the 1,734-artist
-  preserve list minus the erased, plus "". Paper token mode: prompts are built from per-encoder
-  `Segment`s and `erase_edit` aligns each concept's tail with the guide "art".
+  preserve list minus the erased, plus "" (WAN: its first 1,000 prompts, as the issue asks). Paper
+  token mode: prompts are built from per-encoder `Segment`s and `erase_edit` aligns each concept's
+  tail with the guide "art".
 - **fast solve**: `uce_solver.solve` with the preserve rows streamed as an iterator of chunks into its
   float64 Gram; the time spent making the synthetic rows is measured inside the iterator and taken out.
   **Peak memory**: growth during the first solve (the edit rows are already resident and not counted;
@@ -255,10 +347,13 @@ NOTES = """### How to read the DiT tables
   linearly in the prompt counts (as for the UNet shapes). Its pairs are the edit's own aligned rows.
 - **check** cases (1 concept and a few preserve prompts at the real shapes) run the reference on
   every prompt and compare it and the fast solve with the float64 closed form; pooled maps are
-  compared with float64 in every case.
+  compared with float64 in every case. WAN: the reference runs on the first of the 80 weights (all of
+  one shape; its time is scaled by 80 and marked ≈) and the float64 comparison covers the first and
+  last blocks' k and v; only the check case is compared on the CPU (its 1-concept case would need one
+  more 27-TFLOP float64 preserve Gram; `--dit-exact-all` asks for it).
 - *case needs (est.)*: the estimate the concept count is fitted with, the largest of building the
   edit (the concept prompts' rows and C, G), the solve (C, G, what the solver adds per edit-row
-  element, measured by probe solves, e.g. float64 copies of C and G; d × d matrices; a streamed chunk)
-  and the reference (C, G, its batch buffers). A count whose case would not fit the memory budget
-  runs with the largest count that fits (the first N of the paper's set) and says so under the
-  memory table."""
+  element, measured by probe solves, e.g. float64 copies of C and G; d × d matrices; a streamed chunk;
+  every weight's update as solved) and the reference (C, G, its batch buffers). A count whose case
+  would not fit the memory budget runs with the largest count that fits (the first N of the paper's
+  set) and says so under the memory table."""

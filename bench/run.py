@@ -7,7 +7,8 @@ Cases (issue 3): the solver alone on SD1.5 / SDXL K/V shapes (1 to 1,000 erased 
 without the paper's preserve list) beside the naive per-layer reference and a naive GEMM baseline;
 end to end through ComfyUI in-process on the tiny checkpoint (first and repeated run); batched vs
 one-by-one text encoding; the DiT part (``dit``): the solver on Flux.1 and SD3.5-large text-map shapes
-with streamed preserve rows, and the tiny Flux / SD3 models end to end. ``--smoke`` runs the same code
+(and, with ``--dit-models ...,wan``, WAN 2.2-14B's 80 cross-attention K/V weights) with streamed preserve
+rows, and the tiny Flux / SD3 models end to end. ``--smoke`` runs the same code
 paths on tiny sizes in seconds.
 """
 
@@ -87,7 +88,12 @@ def parse_args(argv=None):
         help="also run the paper's 100-artist case end to end (100 artists + 1,634 preserve prompts; slow on CPU)",
     )
     parser.add_argument("--encode-prompts", type=int, default=200, help="prompts of the encoding case")
-    parser.add_argument("--dit-models", default="flux,sd35", help="dit part: comma list of flux,sd35")
+    parser.add_argument(
+        "--dit-models",
+        default="flux,sd35",
+        help="dit part: comma list of flux,sd35,wan (default flux,sd35: WAN's 5120-wide Grams over 1,000 x 512 "
+        "rows add about 30-40 min on a 2-core CPU)",
+    )
     parser.add_argument("--dit-concepts", default="1,100,1000", help="dit part: erased concept counts")
     parser.add_argument(
         "--dit-check-preserve",
@@ -106,7 +112,7 @@ def parse_args(argv=None):
         "--dit-exact-all",
         action="store_true",
         help="dit part: compare every case with the float64 closed form (always on a GPU; on the CPU only the "
-        "smallest count's cases by default: it streams every preserve row once more)",
+        "smallest count's cases by default, not WAN's: it streams every preserve row once more)",
     )
     return parser.parse_args(argv)
 
@@ -130,8 +136,19 @@ def solver_plan(args) -> list:
     return plan
 
 
+DIT_MODELS = ("flux", "sd35", "wan")
+
+
+def dit_models(args) -> list[str]:
+    names = [name.strip().lower() for name in args.dit_models.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(DIT_MODELS))
+    if unknown:
+        raise SystemExit(f"unknown --dit-models {unknown}; expected {', '.join(DIT_MODELS)}")
+    return names
+
+
 def dit_plan(args, solver, device) -> list:
-    """Check cases first, then each concept count for Flux.1 and SD3.5-large (smoke: tiny maps)."""
+    """Check cases first, then each concept count for each model (smoke: tiny maps)."""
     from uce_bench import dit_cases as dc
 
     if args.smoke:
@@ -142,17 +159,26 @@ def dit_plan(args, solver, device) -> list:
             dc.DitCase(dc.TINY_FLUX, 4, memory_bytes=squeezed),
             dc.DitCase(dc.TINY_SD3, 1, preserve=4, check=True),
             dc.DitCase(dc.TINY_SD3, 2),
+            dc.DitCase(dc.TINY_WAN, 1, preserve=4, check=True),
+            dc.DitCase(dc.TINY_WAN, 2, exact=True),
         ]
     on_gpu = device.startswith("cuda")
     check = args.dit_check_preserve or (300 if on_gpu else 8)
     memory = None if args.dit_memory_gib is None else int(args.dit_memory_gib * 2**30)
-    known = {"flux": dc.FLUX, "sd35": dc.SD35_LARGE}
-    models = [known[name.strip().lower()] for name in args.dit_models.split(",")]
+    known = {"flux": dc.FLUX, "sd35": dc.SD35_LARGE, "wan": dc.WAN}
+    models = [known[name] for name in dit_models(args)]
     plan = [dc.DitCase(model, 1, preserve=check, check=True) for model in models]
     counts = sorted(int(x) for x in args.dit_concepts.split(","))
     for n in counts:  # the largest edits last
-        exact = args.dit_exact_all or on_gpu or n == counts[0]
-        plan += [dc.DitCase(model, n, exact=exact, memory_bytes=memory) for model in models]
+        plan += [
+            dc.DitCase(
+                model,
+                n,
+                exact=args.dit_exact_all or on_gpu or (n == counts[0] and model.exact_at_scale),
+                memory_bytes=memory,
+            )
+            for model in models
+        ]
     return plan
 
 
@@ -179,8 +205,12 @@ def dit_part(args, device, budget, started, out_dir: Path) -> dict:
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
     artists, preserve = (2, 5) if args.smoke else (10, 200)
-    log(f"dit: tiny Flux and SD3 end to end, {artists} artists + {preserve} preserve prompts", started)
-    out["e2e"] = dit_cases.run_e2e(device, artists, preserve)
+    families = (
+        ("flux", "sd3") if args.smoke else tuple({"flux": "flux", "sd35": "sd3"}.get(m) for m in dit_models(args))
+    )
+    if any(f in families for f in ("flux", "sd3")):
+        log(f"dit: tiny Flux / SD3 end to end, {artists} artists + {preserve} preserve prompts", started)
+        out["e2e"] = dit_cases.run_e2e(device, artists, preserve, families)
     return out
 
 
@@ -200,6 +230,8 @@ def main(argv=None) -> int:
     if unknown:
         print(f"unknown parts {sorted(unknown)}; expected {', '.join(PARTS)}", file=sys.stderr)
         return 2
+    if "dit" in parts:
+        dit_models(args)  # an unknown name stops here, before any part runs
     on_gpu = device.startswith("cuda")
     layer_seconds = (
         args.layer_seconds if args.layer_seconds is not None else (0.3 if args.smoke else 2 if on_gpu else 4)

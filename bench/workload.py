@@ -99,20 +99,27 @@ class RowFactory:
         out = torch.randn(count, self.slots, self.width, generator=gen, device=self.device)
         return self._shape(out)
 
-    def prompt_rows(self, indices, stream: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def prompt_rows(
+        self, indices, stream: int, out: Optional[torch.Tensor] = None, lengths: Optional[list[int]] = None
+    ) -> torch.Tensor:
         """Rows [len(indices), slots, d] of the prompts with these indices, each drawn from its own seed,
-        so any chunk or subset of a stream gives the same rows. ``out``: a (possibly strided) view to fill."""
+        so any chunk or subset of a stream gives the same rows. ``out``: a (possibly strided) view to fill.
+        ``lengths``: per prompt, how many leading slots to fill (the others are left as they are)."""
         if out is None:
             out = torch.empty(len(indices), self.slots, self.width, device=self.device)
         gen = torch.Generator(device=self.device)
         for j, index in enumerate(indices):
             gen.manual_seed(((self.seed * 1000 + stream + 1) * 10_000_019 + index) % 2**32)  # mt19937 keeps 32 bits
-            out[j].normal_(generator=gen)
-        return self._shape(out)
+            if lengths is None:
+                out[j].normal_(generator=gen)
+            else:
+                self._shape(out[j, : lengths[j]].normal_(generator=gen))
+        return out if lengths is not None else self._shape(out)
 
     def _shape(self, noise: torch.Tensor) -> torch.Tensor:
-        """Standard normal noise -> rows: a small random part plus the shared component, scaled to ``norm``."""
-        noise.mul_(0.8 / self.width**0.5).add_(0.6 * self.shared)
+        """Standard normal noise -> rows: a small random part plus the shared component, scaled to ``norm``
+        (``noise``: [..., n, d], the first n slots)."""
+        noise.mul_(0.8 / self.width**0.5).add_(0.6 * self.shared[: noise.shape[-2]])
         return noise.mul_(self.norm)
 
     def lasts(self, count: int, low: int, high: int, stream: int) -> list[int]:
