@@ -191,6 +191,7 @@ def _solve_group(model, group, plan: Plan, encoded, kept, settings: EditSettings
         effect=effect,
         solve_seconds=solved_at - started,
         measure_seconds=time.perf_counter() - solved_at,
+        map_label=group.text_map.label if group.layer is not None else "",
     )
     return group.full_size(solution.deltas), result
 

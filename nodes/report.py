@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 from ..uce_solver import EditEffect
 
@@ -20,6 +21,38 @@ class GroupResult:
     effect: EditEffect
     solve_seconds: float
     measure_seconds: float
+    map_label: str = ""  # the family-table map it belongs to, when a map is solved per source layer
+    layers: int = 1  # source layers merged into this result (see by_map)
+
+
+def by_map(groups) -> list[GroupResult]:
+    """Results of one map solved per source layer (HiDream: 32 Llama layers) merged into one: weights
+    summed, target gaps combined over all layers like the layers of one solve, the worst preserve shift."""
+    merged: list[GroupResult] = []
+    for group in groups:
+        last = merged[-1] if merged else None
+        if not group.map_label or last is None or last.map_label != group.map_label:
+            merged.append(replace(group, label=group.map_label or group.label))
+            continue
+        a, b = last.effect, group.effect
+        shifts = [x for x in (a.preserve_shift, b.preserve_shift) if x is not None]
+        effect = EditEffect(
+            target_gap_before=math.hypot(a.target_gap_before, b.target_gap_before),
+            target_gap_after=math.hypot(a.target_gap_after, b.target_gap_after),
+            preserve_shift=max(shifts) if shifts else None,
+            edit_rows=a.edit_rows,
+            preserve_rows=a.preserve_rows,
+        )
+        merged[-1] = replace(
+            last,
+            weights=last.weights + group.weights,
+            low_rank=last.low_rank + group.low_rank,
+            effect=effect,
+            solve_seconds=last.solve_seconds + group.solve_seconds,
+            measure_seconds=last.measure_seconds + group.measure_seconds,
+            layers=last.layers + 1,
+        )
+    return merged
 
 
 @dataclass(frozen=True)
@@ -42,31 +75,44 @@ class EditReport:
     notes: tuple[str, ...] = ()
 
     def text(self) -> str:
-        main, *others = self.groups
-        more_edit = "".join(f" + {g.edit_rows} {g.label} rows" for g in others)
-        more_kept = "".join(f" + {g.preserve_rows} {g.label} rows" for g in others)
-        weights = ", ".join(f"{g.weights} {g.label} ({g.low_rank} low-rank + {g.weights - g.low_rank} dense)" for g in self.groups)
+        groups = by_map(self.groups)
+        main, *others = groups
+        more_edit = "".join(f" + {g.edit_rows} {g.label} rows{_per_layer(g)}" for g in others)
+        more_kept = "".join(f" + {g.preserve_rows} {g.label} rows{_per_layer(g)}" for g in others)
+        weights = ", ".join(
+            f"{g.weights} {g.label}{_layers(g)} ({g.low_rank} low-rank + {g.weights - g.low_rank} dense)" for g in groups
+        )
         lines = [
             f"UCE {self.label} on {self.family} ({self.family_name}): {_count(self.blocks, 'edited prompt')}, "
-            f"{main.edit_rows} rows{more_edit} ({self.token_mode} token mode)",
-            f"preserve: {_count(self.preserve_prompts, 'prompt')}, {main.preserve_rows} rows{more_kept}",
+            f"{main.edit_rows} rows{_per_layer(main)}{more_edit} ({self.token_mode} token mode)",
+            f"preserve: {_count(self.preserve_prompts, 'prompt')}, {main.preserve_rows} rows{_per_layer(main)}{more_kept}",
             f"weights: {weights}, patch {_size(self.patch_bytes)}",
             f"device: {self.device}; encode {self.encode_seconds:.2f} s, solve {self.solve_seconds:.2f} s, "
             f"measure {self.measure_seconds:.2f} s, patch {self.patch_seconds:.2f} s, total {self.total_seconds:.2f} s",
         ]
-        for group in self.groups:
+        for group in groups:
             effect = group.effect
             lines.append(
                 f"effect at strength {self.strength:g} on the {group.label} outputs ({effect.edit_rows} edited rows "
-                f"measured): {100 * effect.target_gap_remaining:.1f}% of the distance to the targets remains"
+                f"measured{_per_layer(group)}): {100 * effect.target_gap_remaining:.1f}% of the distance to the targets "
+                "remains"
             )
             if effect.preserve_shift is not None:
+                worst = f", the most in any of its {group.layers} layers" if group.layers > 1 else ""
                 lines.append(
                     f"preserved rows moved by {100 * effect.preserve_shift:.2f}% of their {group.label} output norm "
-                    f"({effect.preserve_rows} rows measured)"
+                    f"({effect.preserve_rows} rows measured{worst})"
                 )
         lines.extend(self.notes)
         return "\n".join(lines)
+
+
+def _layers(group: GroupResult) -> str:
+    return f" on {group.layers} source layers" if group.layers > 1 else ""
+
+
+def _per_layer(group: GroupResult) -> str:
+    return " per layer" if group.layers > 1 else ""
 
 
 def _size(nbytes: int) -> str:
