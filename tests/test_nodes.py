@@ -314,3 +314,27 @@ def test_sdxl_pooled_option_edits_only_the_pooled_columns_of_label_emb(pack, sdx
         "last_token", 1.0, 0.5, 0.5,
     )[key]
     assert torch.linalg.norm(delta[:, :1280] - expected) < 1e-4 * torch.linalg.norm(expected)
+
+
+def test_report_merges_a_map_solved_per_source_layer(pack):
+    """HiDream's caption projections are solved per Llama layer: the report shows them as one map, the
+    target gaps combined over the layers (root of the sum of squares, as within one solve), the worst shift."""
+    report = pack.nodes.report
+    effect = pack.uce_solver.EditEffect
+
+    def result(label, map_label, gap_before, gap_after, shift, weights=1):
+        return report.GroupResult(
+            label=label, weights=weights, low_rank=0, blocks=1, edit_rows=5, preserve_rows=7,
+            effect=effect(gap_before, gap_after, shift, 5, 7), solve_seconds=1.0, measure_seconds=0.5, map_label=map_label,
+        )
+
+    merged = report.by_map([
+        result("llama layer 0", "llama", 3.0, 0.3, 0.01),
+        result("llama layer 1", "llama", 4.0, 0.4, 0.02, weights=2),
+        result("t5", "", 1.0, 0.1, 0.005),
+    ])
+    assert [g.label for g in merged] == ["llama", "t5"]
+    llama = merged[0]
+    assert (llama.weights, llama.layers, llama.solve_seconds) == (3, 2, 2.0)
+    assert llama.effect.target_gap_before == pytest.approx(5.0) and llama.effect.target_gap_after == pytest.approx(0.5)
+    assert llama.effect.preserve_shift == 0.02
