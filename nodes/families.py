@@ -1,14 +1,15 @@
 """What the pack knows about each model family, as data: one entry per family.
 
 An entry says which weights of the diffusion model read text-encoder output
-(``TextMap``: a patcher-key pattern, the row source, a bias, what the model
-applies to the rows first: an RMSNorm or its own text MLP, the input columns the
-text occupies, K and V fused in one weight), how one
-prompt's conditioning rows are laid out and where its last content token is
-(``TextSegment`` per text encoder), which CLIP belongs to the family
-(its tokenizer keys) and the family's defaults. Everything else in the pack
-reads this table; adding a family means adding an entry (and its test).
-Keys and layouts are those of ComfyUI 0.3.75.
+(``TextMap``: a patcher-key pattern; the row source: the conditioning, the
+pooled vector, an extra encoder output and the layer each block reads, or
+several outputs joined (``RowPart``); a bias; what the model applies to the rows
+first: an RMSNorm, its own text MLP or its learned padding rows; the input
+columns the text occupies; K and V fused in one weight), how one prompt's rows
+are laid out and where its last content token is (``TextSegment`` per text
+encoder), which CLIP belongs to the family (its tokenizer keys) and the family's
+defaults. Everything else in the pack reads this table; adding a family means
+adding an entry (and its test). Keys and layouts are those of ComfyUI 0.3.75.
 """
 
 from __future__ import annotations

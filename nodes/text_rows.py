@@ -2,7 +2,10 @@
 
 How a prompt's rows are laid out and where its last content token is comes from
 the family table (``families.TextSegment``): CLIP chunks of 77 slots, T5 rows
-with EOS and padding, or an LLM chat template around the text.
+with EOS and padding, Llama-3 rows with BOS and padding, or an LLM chat template
+around the text. Besides the conditioning rows and the pooled vector, the
+encoder outputs a family reads (HiDream's Llama layers, HunyuanDiT's mT5 rows)
+are kept per prompt.
 """
 
 from __future__ import annotations
