@@ -1,11 +1,14 @@
-"""DiT cases: the solver on the Flux.1, SD3.5-large and WAN 2.2-14B text maps, and Flux / SD3 end to end.
+"""DiT cases: the solver on the Flux.1, SD3.5-large, WAN 2.2-14B and HiDream I1 text maps, and Flux / SD3 end to end.
 
 Solver cases erase the paper's artist sets toward "art" (paper token mode, the paper's preserve
 list) on the maps that first read text: Flux.1 ``txt_in`` (256 T5 rows per prompt) and
 ``vector_in.in_layer`` (the CLIP-L pooled vector); SD3.5-large ``context_embedder`` (77 CLIP-L|G rows
 zero-padded to 4096, then 77 T5 rows) and ``y_embedder.mlp.0`` (the pooled vector); WAN 2.2-14B's 80
 cross-attention ``k`` / ``v`` weights, which all read the same 512 rows per prompt (UMT5 rows through
-the model's text MLP: after EOS one constant row, the MLP of zero padding). Rows are
+the model's text MLP: after EOS one constant row, the MLP of zero padding); HiDream I1's 49
+``caption_projection.N.linear`` weights, which read 33 row sources (32 Llama-3.1 hidden layers and the
+T5 rows, 128 rows per prompt each), measured on three of them (the T5 source, Llama layer 0 with one
+map, Llama layer 31 with 17) and extrapolated to all 33 (``full_model``). Rows are
 synthetic (one ``workload.RowFactory`` per text-encoder segment); prompts are built from
 ``Segment``s and aligned by ``uce_solver.erase_edit``. Preserve rows are made chunk by chunk and
 streamed into the solver, never all held. Edits larger than the memory budget are cut to the largest
@@ -33,10 +36,11 @@ from . import e2e_cases, reference, solver_cases, workload
 from . import shapes as shapes_mod
 from .measure import PeakMemory, median_time, relative_difference, sync, timed
 
-T5, CLIP, POOLED = "t5", "clip", "pooled"
+T5, CLIP, POOLED, LLAMA = "t5", "clip", "pooled", "llama"
 # Last content token of a segment: (lowest, highest) for concept prompts, and for the guide "art".
-CONCEPT_LASTS = {T5: (1, 7), CLIP: (1, 6), POOLED: (0, 0)}
-GUIDE_LAST = {T5: 0, CLIP: 1, POOLED: 0}
+# LLAMA: ComfyUI's Llama-3 rows [BOS, tokens, pad …] (no EOS): the last token sits at 1 … 6, "art" at 1.
+CONCEPT_LASTS = {T5: (1, 7), CLIP: (1, 6), POOLED: (0, 0), LLAMA: (1, 6)}
+GUIDE_LAST = {T5: 0, CLIP: 1, POOLED: 0, LLAMA: 1}
 CONCEPT_STREAM, GUIDE_STREAM, PRESERVE_STREAM = 1, 2, 3
 STREAM_ROWS = 8192  # preserve rows per streamed chunk
 BUILD_PROMPTS = 64  # concept prompts generated at a time
@@ -63,7 +67,12 @@ class RowSegment:
 @dataclass(frozen=True)
 class TextMap:
     """Weights [d_out, width] that read text rows laid out as ``segments``: ``key`` alone, or every
-    key of ``layer_keys`` (WAN: the 80 cross-attention k / v weights, one row source, one solve)."""
+    key of ``layer_keys`` (WAN: the 80 cross-attention k / v weights, one row source, one solve).
+
+    ``stands_for``: how many row sources of the full model this one is timed for (each with the same
+    weights, row layout and widths; HiDream: Llama layer 0's one map stands for layers 0 … 30), so the
+    model's full solve is extrapolated as Σ stands_for × this map's time (``full_model``).
+    ``seed``: of its synthetic rows (distinct row sources of one model get distinct rows)."""
 
     label: str
     key: str
@@ -71,6 +80,8 @@ class TextMap:
     width: int
     segments: tuple[RowSegment, ...]
     layer_keys: tuple[str, ...] = ()
+    stands_for: int = 1
+    seed: int = 0
 
     @property
     def slots(self) -> int:
@@ -98,6 +109,11 @@ class DitModel:
     maps: tuple[TextMap, ...]
     preserve_limit: Optional[int] = None
     exact_at_scale: bool = True
+
+    @property
+    def extrapolated(self) -> bool:
+        """Some maps stand for several row sources: the model's full solve is extrapolated (``full_model``)."""
+        return any(m.stands_for > 1 for m in self.maps)
 
 
 FLUX = DitModel(
@@ -145,6 +161,67 @@ WAN = DitModel(
     preserve_limit=WAN_PRESERVE,
     exact_at_scale=False,
 )
+
+
+def _hidream_key(block: int) -> str:
+    return f"diffusion_model.caption_projection.{block}.linear.weight"
+
+
+# HiDream I1 (full / dev / fast): 48 blocks (16 double + 32 single). caption_projection.N.linear [2560, 4096]
+# (no bias) reads Llama-3.1-8B hidden layer llama_layers[N], llama_layers = [0 … 31, then 31 sixteen more
+# times]; caption_projection.48 reads the T5-XXL rows: 33 row sources (one Gram and one factorisation each),
+# 49 maps. Llama rows: BOS, the prompt, padding to 128 (causal, so every padding row depends on the prompt);
+# T5 rows: tokens, EOS, padding to 128 (T5 masks padding inside, so those rows vary too); all are read.
+# Measured here: the T5 source, Llama layer 0 (1 map; stands for layers 0 … 30, each read by one
+# projection) and Llama layer 31 (17 maps); the full solve is T5 + 31 × layer 0 + layer 31.
+HIDREAM_LLAMA_LAYERS = tuple(range(32)) + (31,) * 16
+HIDREAM_PRESERVE = 1000
+
+
+def _hidream_maps(width: int, d_out: int, slots: int, llama_layers: tuple[int, ...]) -> tuple[TextMap, ...]:
+    """The T5 source, the first Llama layer (standing for every layer read by one projection) and the last
+    Llama layer with all the projections that read it."""
+    last = llama_layers[-1]
+    blocks = [n for n, layer in enumerate(llama_layers) if layer == last]
+    single = sum(1 for layer in set(llama_layers) if llama_layers.count(layer) == 1)
+    assert llama_layers.count(llama_layers[0]) == 1 and set(llama_layers) == set(range(last + 1))
+    span = f"{blocks[0]}–{blocks[-1]}" if len(blocks) > 1 else f"{blocks[0]}"
+    return (
+        TextMap(
+            f"caption_projection.{len(llama_layers)} (T5)",
+            _hidream_key(len(llama_layers)),
+            d_out,
+            width,
+            (RowSegment(slots, T5),),
+            seed=1,
+        ),
+        TextMap(
+            "caption_projection.0 (Llama layer 0)",
+            _hidream_key(0),
+            d_out,
+            width,
+            (RowSegment(slots, LLAMA),),
+            stands_for=single,
+            seed=2,
+        ),
+        TextMap(
+            f"caption_projection.{span} (Llama layer {last})",
+            _hidream_key(blocks[0]),
+            d_out,
+            width,
+            (RowSegment(slots, LLAMA),),
+            layer_keys=tuple(_hidream_key(n) for n in blocks),
+            seed=3,
+        ),
+    )
+
+
+HIDREAM = DitModel(
+    "HiDream I1",
+    _hidream_maps(4096, 2560, 128, HIDREAM_LLAMA_LAYERS),
+    preserve_limit=HIDREAM_PRESERVE,
+    exact_at_scale=True,  # one more 4096-wide float64 Gram over 128,000 rows per measured source (~1 min on 2 cores)
+)
 TINY_FLUX = DitModel(
     "tiny Flux-like",
     (
@@ -171,6 +248,13 @@ TINY_WAN = DitModel(
             layer_keys=_wan_keys(4),
         ),
     ),
+    preserve_limit=40,
+    exact_at_scale=False,
+)
+# 6 blocks on 4 Llama layers [0, 1, 2, 3, 3, 3] and the T5 rows: 5 row sources, 7 maps (3 sources measured).
+TINY_HIDREAM = DitModel(
+    "tiny HiDream-like",
+    _hidream_maps(64, 40, 16, (0, 1, 2, 3, 3, 3)),
     preserve_limit=40,
     exact_at_scale=False,
 )
@@ -204,7 +288,7 @@ class MapRows:
         self.map = text_map
         self.device = device
         self.factories = [
-            workload.RowFactory(seg.columns or text_map.width, device, seed + 17 * i, seg.slots)
+            workload.RowFactory(seg.columns or text_map.width, device, seed + text_map.seed + 17 * i, seg.slots)
             for i, seg in enumerate(text_map.segments)
         ]
         self.padding_rows = [
@@ -523,7 +607,37 @@ def run_case(solver, case: DitCase, device, budget: solver_cases.Budget) -> dict
         gc.collect()
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
+    if case.model.extrapolated:
+        result["full_model"] = full_model(case.model, result["maps"])
     return result
+
+
+def full_model(model: DitModel, entries: list[dict]) -> dict:
+    """The model's whole edit extrapolated from the measured maps: each map's times (fast solve, making the
+    rows and weights, the naive reference) counted ``stands_for`` times, the row sources solved one after
+    another (peak: the largest measured source's)."""
+    stands = {m.label: m.stands_for for m in model.maps}
+
+    def total(value) -> float:
+        return sum(stands[e["map"]] * value(e) for e in entries)
+
+    fast = total(lambda e: e["fast"]["seconds"])
+    ref = total(lambda e: e["reference"]["seconds"])
+    return {
+        "sources": sum(m.stands_for for m in model.maps),
+        "maps": sum(m.stands_for * m.layers for m in model.maps),
+        "measured_sources": len(model.maps),
+        "measured_maps": sum(m.layers for m in model.maps),
+        "formula": " + ".join(f"{m.stands_for} × {m.label}" if m.stands_for > 1 else m.label for m in model.maps),
+        "fast_seconds": fast,
+        "fast_measured_seconds": sum(e["fast"]["seconds"] for e in entries),
+        "making_seconds": total(lambda e: e["fast"]["row_seconds"] + e["fast"].get("weight_seconds", 0.0)),
+        "edit_rows": total(lambda e: e["edit_rows"]),
+        "preserve_rows": total(lambda e: e["preserve_rows"]),
+        "reference_seconds": ref,
+        "speedup": ref / fast,
+        "peak_bytes": max(e["memory"]["peak_bytes"] for e in entries),
+    }
 
 
 def build_edit(solver, rows: MapRows, concepts: int):
@@ -583,6 +697,7 @@ def _run_map(
         "map": text_map.label,
         "key": text_map.key,
         "weights": text_map.layers,
+        "stands_for": text_map.stands_for,
         "d_out": text_map.d_out,
         "width": text_map.width,
         "slots": text_map.slots,
@@ -599,6 +714,7 @@ def _run_map(
         "fast": fast,
         "fast_vs_exact": fast_vs_exact,
         "exact_compared_weights": len(compared) if fast_vs_exact is not None else 0,
+        "exact_compared_keys": compared if fast_vs_exact is not None else [],
         "reference": ref,
         "memory": {
             "edit_bytes": 8 * edit.count * text_map.width,

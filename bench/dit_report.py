@@ -26,6 +26,19 @@ SHARED_HEADER = [
     "naive reference, all weights",
     "speed-up",
 ]
+FULL_HEADER = [
+    "Model, concepts",
+    "concepts run",
+    "row sources (maps)",
+    "measured sources (maps)",
+    "all sources extrapolated as",
+    "fast solve, measured sources",
+    "fast solve, all sources",
+    "making rows + weights (not counted)",
+    "peak memory (largest source)",
+    "naive reference, all maps",
+    "speed-up",
+]
 TIME_HEADER = [
     "Case",
     "map",
@@ -66,7 +79,12 @@ def gib(value: int) -> str:
 
 
 # Model names of the runs' cases -> the family the heading names (the smoke run's tiny models included).
-FAMILY_NAMES = {"tiny Flux-like": "Flux.1", "tiny SD3-like": "SD3.5-large", "tiny WAN-like": "WAN 2.2-14B"}
+FAMILY_NAMES = {
+    "tiny Flux-like": "Flux.1",
+    "tiny SD3-like": "SD3.5-large",
+    "tiny WAN-like": "WAN 2.2-14B",
+    "tiny HiDream-like": "HiDream I1",
+}
 DEFAULT_FAMILIES = "Flux.1, SD3.5-large"
 
 
@@ -151,6 +169,35 @@ def shared_table(cases: list[dict]) -> str:
     )
 
 
+def full_model_table(cases: list[dict]) -> str:
+    """Models measured on some of their row sources (HiDream: 3 of 33): the whole edit, extrapolated."""
+    rows = []
+    for c in cases:
+        full = c.get("full_model")
+        if c["check"] or not full:
+            continue
+        run = f"{c['concepts']:,}" + ("" if c["concepts"] == c["concepts_requested"] else " (memory limit)")
+        rows.append(
+            [
+                f"{c['model']}, {c['concepts_requested']:,}",
+                run,
+                f"{full['sources']} ({full['maps']})",
+                f"{full['measured_sources']} ({full['measured_maps']})",
+                full["formula"],
+                seconds(full["fast_measured_seconds"]),
+                seconds(full["fast_seconds"], True),
+                seconds(full["making_seconds"], True),
+                gib(full["peak_bytes"]),
+                seconds(full["reference_seconds"], True),
+                ratio(full["speedup"], True),
+            ]
+        )
+    return (
+        "### Many row sources, some measured: the whole edit (each measured source's fast-solve and reference "
+        "times counted once for every source it stands for; ≈ = extrapolated)\n\n" + _table(FULL_HEADER, rows)
+    )
+
+
 def time_table(cases: list[dict]) -> str:
     rows = []
     for c in cases:
@@ -220,9 +267,13 @@ def accuracy_table(cases: list[dict]) -> str:
             if m["fast_vs_exact"] is None and ref["fast_vs_baseline"] is None:
                 continue
             if _weights(m) > 1:
+                compared = ", ".join(
+                    f"`{k.removeprefix('diffusion_model.').removesuffix('.weight')}`"
+                    for k in m.get("exact_compared_keys", [])
+                )
                 notes.append(
                     f"- {c['case']}: fast vs exact is the largest over {m.get('exact_compared_weights', 1)} of the "
-                    f"{_weights(m)} weights (first and last blocks' k and v)"
+                    f"{_weights(m)} weights{f' ({compared})' if compared else ''}"
                     + (
                         f"; the reference ran on {ref['full_rows_layers']} of them"
                         if ref["fast_vs_baseline"] is not None
@@ -308,6 +359,8 @@ def markdown(dit: dict) -> str:
             parts.append(summary_table(cases))
         if any(not c["check"] and _shared(c) for c in cases):
             parts.append(shared_table(cases))
+        if any(not c["check"] and c.get("full_model") for c in cases):
+            parts.append(full_model_table(cases))
         parts += [time_table(cases), memory_table(cases), accuracy_table(cases)]
     failed = [f"- {c['case']}: skipped: {c['skipped']}" for c in dit["solver"] if "skipped" in c]
     if failed:
@@ -327,11 +380,18 @@ NOTES = """### How to read the DiT tables
   (UMT5-XXL rows [tokens, EOS, zero padding], no BOS, no mask, through the model's `text_embedding`
   MLP, so every padding row is one constant row, the same in every prompt); one solve serves the 80,
   the naive reference solves each on its own. Random fp16 weights solved in float32 (WAN's made one at
-  a time as the solver reads them, as the node does; that time is taken out too); biases do not enter
-  the closed form.
+  a time as the solver reads them, as the node does; that time is taken out too); HiDream I1 (full /
+  dev / fast): the 49 `caption_projection.N.linear` [2560, 4096] (no bias), block N's on Llama-3.1-8B
+  hidden layer `llama_layers[N]` (layers 0 … 31, then 31 sixteen more times) and `caption_projection.48`
+  on the T5-XXL rows, 128 rows per prompt each (Llama: BOS, the prompt, padding; T5: the prompt, EOS,
+  padding; every row is read and every padding row depends on the prompt): 33 row sources, one Gram
+  and one factorisation each. Three are measured (the T5 source, Llama layer 0 with its one map,
+  Llama layer 31 with its 17) and the whole edit is extrapolated linearly as T5 + 31 × layer 0 +
+  layer 31 (layers 1 … 30 have layer 0's shapes, rows per prompt and single map); the pooled
+  `p_embedder` is not edited by default and is left out. Biases do not enter the closed form.
 - Rows are synthetic (per text-encoder segment: norms ≈ 28, a component shared by every prompt per
   slot, so the Grams are ill-conditioned); counts are the paper's: erased sets, the 1,734-artist
-  preserve list minus the erased, plus "" (WAN: its first 1,000 prompts, as the issue asks). Paper
+  preserve list minus the erased, plus "" (WAN, HiDream: its first 1,000 prompts, as the issue asks). Paper
   token mode: prompts are built from per-encoder `Segment`s and `erase_edit` aligns each concept's
   tail with the guide "art".
 - **fast solve**: `uce_solver.solve` with the preserve rows streamed as an iterator of chunks into its
@@ -350,7 +410,9 @@ NOTES = """### How to read the DiT tables
   compared with float64 in every case. WAN: the reference runs on the first of the 80 weights (all of
   one shape; its time is scaled by 80 and marked ≈) and the float64 comparison covers the first and
   last blocks' k and v; only the check case is compared on the CPU (its 1-concept case would need one
-  more 27-TFLOP float64 preserve Gram; `--dit-exact-all` asks for it).
+  more 27-TFLOP float64 preserve Gram; `--dit-exact-all` asks for it). HiDream: the reference runs on
+  one of Llama layer 31's 17 weights (times 17) and the float64 comparison covers its first two and
+  last two, in the check case and the 1-concept case (one 4096-wide float64 Gram per measured source).
 - *case needs (est.)*: the estimate the concept count is fitted with, the largest of building the
   edit (the concept prompts' rows and C, G), the solve (C, G, what the solver adds per edit-row
   element, measured by probe solves, e.g. float64 copies of C and G; d × d matrices; a streamed chunk;

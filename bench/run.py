@@ -7,8 +7,9 @@ Cases (issue 3): the solver alone on SD1.5 / SDXL K/V shapes (1 to 1,000 erased 
 without the paper's preserve list) beside the naive per-layer reference and a naive GEMM baseline;
 end to end through ComfyUI in-process on the tiny checkpoint (first and repeated run); batched vs
 one-by-one text encoding; the DiT part (``dit``): the solver on Flux.1 and SD3.5-large text-map shapes
-(and, with ``--dit-models ...,wan``, WAN 2.2-14B's 80 cross-attention K/V weights) with streamed preserve
-rows, and the tiny Flux / SD3 models end to end. ``--smoke`` runs the same code
+(and, with ``--dit-models ...,wan``, WAN 2.2-14B's 80 cross-attention K/V weights; with ``hidream``, HiDream
+I1's 49 caption projections on 33 row sources, three sources measured and the rest extrapolated) with
+streamed preserve rows, and the tiny Flux / SD3 models end to end. ``--smoke`` runs the same code
 paths on tiny sizes in seconds.
 """
 
@@ -91,8 +92,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--dit-models",
         default="flux,sd35",
-        help="dit part: comma list of flux,sd35,wan (default flux,sd35: WAN's 5120-wide Grams over 1,000 x 512 "
-        "rows add about 30-40 min on a 2-core CPU)",
+        help="dit part: comma list of flux,sd35,wan,hidream (default flux,sd35: WAN's 5120-wide Grams over "
+        "1,000 x 512 rows add about 30-40 min on a 2-core CPU; hidream, 3 of its 33 row sources measured, "
+        "about 12 min with --dit-concepts 1,100)",
     )
     parser.add_argument("--dit-concepts", default="1,100,1000", help="dit part: erased concept counts")
     parser.add_argument(
@@ -136,7 +138,7 @@ def solver_plan(args) -> list:
     return plan
 
 
-DIT_MODELS = ("flux", "sd35", "wan")
+DIT_MODELS = ("flux", "sd35", "wan", "hidream")
 
 
 def dit_models(args) -> list[str]:
@@ -161,11 +163,13 @@ def dit_plan(args, solver, device) -> list:
             dc.DitCase(dc.TINY_SD3, 2),
             dc.DitCase(dc.TINY_WAN, 1, preserve=4, check=True),
             dc.DitCase(dc.TINY_WAN, 2, exact=True),
+            dc.DitCase(dc.TINY_HIDREAM, 1, preserve=4, check=True),
+            dc.DitCase(dc.TINY_HIDREAM, 2, exact=True),
         ]
     on_gpu = device.startswith("cuda")
     check = args.dit_check_preserve or (300 if on_gpu else 8)
     memory = None if args.dit_memory_gib is None else int(args.dit_memory_gib * 2**30)
-    known = {"flux": dc.FLUX, "sd35": dc.SD35_LARGE, "wan": dc.WAN}
+    known = {"flux": dc.FLUX, "sd35": dc.SD35_LARGE, "wan": dc.WAN, "hidream": dc.HIDREAM}
     models = [known[name] for name in dit_models(args)]
     plan = [dc.DitCase(model, 1, preserve=check, check=True) for model in models]
     counts = sorted(int(x) for x in args.dit_concepts.split(","))

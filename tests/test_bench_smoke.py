@@ -22,7 +22,7 @@ EXPECTED = [
     "### End to end in ComfyUI",
     "| Run | encode | solve | measure | patch | total | patch bytes |",
     "| Prompts | batched (batch 64) | one by one | speed-up | largest abs. difference |",
-    "## DiT families (Flux.1, SD3.5-large, WAN 2.2-14B)",
+    "## DiT families (Flux.1, SD3.5-large, WAN 2.2-14B, HiDream I1)",
     "| Model, concepts | concepts run | edit rows (text map + pooled) | preserve prompts | fast solve, both maps |",
     "| Case | map | edit rows | preserve rows (streamed) | fast solve | making the rows (not counted) |",
     "| Case | map | edit rows C + G (f32) | case needs (est.) | preserve rows if held (f32) | Gram d²×8 |",
@@ -30,6 +30,9 @@ EXPECTED = [
     "3 (memory limit)",  # the smoke's 4-concept case is squeezed to 3 concepts
     "| Model, concepts | concepts run | weights | edit rows | preserve prompts (rows) | fast solve, all weights |",
     "| tiny WAN-like, 2 | 2 | cross_attn k/v 8× [48, 64] |",  # 8 weights on one row source, one solve
+    "| tiny HiDream-like, 2 | 2 | caption_projection.3–5 (Llama layer 3) 3× [40, 64] |",
+    # 3 of 5 row sources measured, the whole edit extrapolated: T5 + 3 × Llama layer 0 + Llama layer 3
+    "| tiny HiDream-like, 2 | 2 | 5 (7) | 3 (5) | caption_projection.6 (T5) + 3 × caption_projection.0 (Llama layer 0)",
     "### DiT end to end in ComfyUI",
     "| tiny Flux.1 | txt_in | [64, 64] |",
     "| tiny SD3 | context_embedder | [128, 4096] |",
@@ -59,9 +62,12 @@ def test_benchmark_smoke_run_writes_its_tables_and_plot(tmp_path):
     assert results["smoke"] and results["machine"]["cpu"]
     assert len(results["solver"]) == 3 and results["e2e"] and results["encoding"]["prompts"] == 4
     dit = results["dit"]
-    assert len(dit["solver"]) == 7 and all(
-        len(case["maps"]) == (1 if "WAN" in case["model"] else 2) for case in dit["solver"]
+    assert len(dit["solver"]) == 9 and all(
+        len(case["maps"]) == (1 if "WAN" in case["model"] else 3 if "HiDream" in case["model"] else 2)
+        for case in dit["solver"]
     )
+    full = next(case["full_model"] for case in dit["solver"] if "HiDream" in case["model"] and not case["check"])
+    assert (full["sources"], full["maps"]) == (5, 7) and full["fast_seconds"] > full["fast_measured_seconds"]
     checks = [m for case in dit["solver"] if case["check"] for m in case["maps"]]
     assert checks and all(m["fast_vs_exact"] < 1e-5 and not m["reference"]["extrapolated"] for m in checks)
     assert [case["model"] for case in dit["e2e"]] == ["tiny Flux.1", "tiny SD3"]
