@@ -35,9 +35,17 @@ def extra_nodes(comfy):
 
 
 @pytest.fixture(scope="module")
-def built(tiny_family):
-    """Each family's tiny MODEL + CLIP, built once per session (conftest's tiny_family)."""
-    return tiny_family
+def built(comfy):
+    """Each family's tiny MODEL + CLIP, built on first use."""
+    builders = {"flux": t5f.flux_model, "chroma": t5f.chroma_model, "sd3": t5f.sd3_model}
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            cache[family] = builders[family]()
+        return cache[family]
+
+    return get
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from uce_devtools.graph import run_node
 from uce_devtools.tiny_llm_families import tiny_gemma_spiece_model
 
 FAMILIES = ("wan21_t2v", "wan21_i2v", "wan22_ti2v")
+BUILDERS = {"wan21_t2v": wan.wan21_t2v_model, "wan21_i2v": wan.wan21_i2v_model, "wan22_ti2v": wan.wan22_ti2v_model}
 CONFIG_CLASS = {"wan21_t2v": "WAN21_T2V", "wan21_i2v": "WAN21_I2V", "wan22_ti2v": "WAN22_T2V"}
 MODEL_CLASS = {"wan21_t2v": "WAN21", "wan21_i2v": "WAN21", "wan22_ti2v": "WAN22"}
 IN_OUT_DIM = {"wan21_t2v": (16, 16), "wan21_i2v": (36, 16), "wan22_ti2v": (48, 48)}
@@ -25,9 +26,16 @@ def extra_nodes(comfy):
 
 
 @pytest.fixture(scope="module")
-def built(tiny_family):
-    """Each family's tiny MODEL + CLIP, built once per session (conftest's tiny_family)."""
-    return tiny_family
+def built(comfy):
+    """Each family's tiny MODEL + CLIP, built on first use."""
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            cache[family] = BUILDERS[family]()
+        return cache[family]
+
+    return get
 
 
 def encode(clip, text):

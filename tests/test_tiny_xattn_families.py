@@ -9,6 +9,12 @@ from uce_devtools import tiny_xattn_families as xf
 from uce_devtools.graph import run_node
 
 FAMILIES = xf.FAMILIES
+BUILDERS = {
+    "ltxv": xf.ltxv_model,
+    "pixart_alpha": xf.pixart_alpha_model,
+    "pixart_sigma": xf.pixart_sigma_model,
+    "cosmos_predict2": xf.cosmos_predict2_model,
+}
 W, T5 = 96, 64  # DiT width, T5 width
 # Shapes (weight, bias or None) of the caption MLP and the block-0 text maps.
 TEXT_MAP_SHAPES = {
@@ -52,9 +58,16 @@ def extra_nodes(comfy):
 
 
 @pytest.fixture(scope="module")
-def built(tiny_family):
-    """Each family's tiny MODEL + CLIP, built once per session (conftest's tiny_family)."""
-    return tiny_family
+def built(comfy):
+    """Each family's tiny MODEL + CLIP, built on first use."""
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            cache[family] = BUILDERS[family]()
+        return cache[family]
+
+    return get
 
 
 def encode(clip, text):
