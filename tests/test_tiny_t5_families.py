@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pytest
 import torch
 from uce_devtools import comfy_env
@@ -36,16 +37,10 @@ def extra_nodes(comfy):
 
 @pytest.fixture(scope="module")
 def built(comfy):
-    """Each family's tiny MODEL + CLIP, built on first use."""
+    """Each family's tiny MODEL + CLIP, built on first use (its own copies: the determinism checks read raw
+    module weights, which sampling in other modules leaves patched)."""
     builders = {"flux": t5f.flux_model, "chroma": t5f.chroma_model, "sd3": t5f.sd3_model}
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            cache[family] = builders[family]()
-        return cache[family]
-
-    return get
+    return functools.cache(lambda family: builders[family]())
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pytest
 import torch
 from uce_devtools import comfy_env
@@ -27,15 +28,9 @@ def extra_nodes(comfy):
 
 @pytest.fixture(scope="module")
 def built(comfy):
-    """Each family's tiny MODEL + CLIP, built on first use."""
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            cache[family] = BUILDERS[family]()
-        return cache[family]
-
-    return get
+    """Each family's tiny MODEL + CLIP, built on first use (its own copies: the determinism checks read raw
+    module weights, which sampling in other modules leaves patched)."""
+    return functools.cache(lambda family: BUILDERS[family]())
 
 
 def encode(clip, text):
