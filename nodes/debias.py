@@ -2,33 +2,31 @@
 
 from __future__ import annotations
 
-import math
-
 from . import inputs, presets
 from .edit_runner import DebiasPlan, EditSettings
+from .input_checks import InputError
 from .node_base import UCENode
 
 
 def debias_texts(professions: str, attributes: str, attribute_weights: str):
-    """Professions, attributes and one weight row per profession from the text inputs; ValueError if malformed."""
+    """Professions, attributes and one weight row per profession from the text inputs; InputError if malformed."""
     profession_list = presets.lines(professions)
     if not profession_list:
-        raise ValueError("no professions: write at least one profession to debias, one per line")
+        raise InputError("professions", "write at least one profession to debias, one per line (it is empty)")
     attribute_list = presets.lines(attributes)
     if len(attribute_list) < 2:
-        raise ValueError("write at least two attributes, one per line (e.g. male and female)")
+        raise InputError("attributes", "write at least two attributes, one per line (e.g. male and female)")
     weight_lines = presets.one_or_each(
         presets.lines(attribute_weights), len(profession_list), "attribute_weights", "professions"
     )
     weights = [presets.parse_numbers(line, "attribute_weights") for line in weight_lines]
     for row in weights:
         if len(row) != len(attribute_list):
-            raise ValueError(
-                f"attribute_weights needs one number per attribute ({len(attribute_list)}: "
-                f"{', '.join(attribute_list)}), got {len(row)} in {row}"
+            raise InputError(
+                "attribute_weights",
+                f"needs one number per attribute ({len(attribute_list)}: {', '.join(attribute_list)}), "
+                f"got {len(row)} in {row}",
             )
-        if not all(math.isfinite(w) for w in row):
-            raise ValueError(f"attribute_weights must be finite numbers, got {row}")
     return profession_list, attribute_list, weights
 
 
@@ -110,9 +108,13 @@ class UCEDebias(UCENode):
         }
 
     build_request = staticmethod(debias_request)
+    check_texts = staticmethod(debias_texts)
 
     @classmethod
-    def VALIDATE_INPUTS(cls, professions, attributes, attribute_weights):
-        return inputs.validation_result(
-            debias_texts, dict(professions=professions, attributes=attributes, attribute_weights=attribute_weights)
+    def VALIDATE_INPUTS(
+        cls, professions, attributes, attribute_weights, preserve, erase_scale, preserve_scale, lamb, strength
+    ):
+        return cls.validation(
+            professions=professions, attributes=attributes, attribute_weights=attribute_weights, preserve=preserve,
+            erase_scale=erase_scale, preserve_scale=preserve_scale, lamb=lamb, strength=strength,
         )

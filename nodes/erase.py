@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import inputs, presets
 from .edit_runner import EditSettings, ErasePlan
+from .input_checks import InputError
 from .node_base import UCENode
 
 PRESERVE_SCALE_TOOLTIP = (
@@ -16,7 +17,7 @@ def erase_texts(concepts: str, guide: str = "") -> tuple[list[str], list[str]]:
     """Concepts and one guide per concept from the two text inputs; raises ValueError on bad input."""
     concept_list = presets.lines(concepts)
     if not concept_list:
-        raise ValueError("no concepts: write at least one concept to erase, one per line")
+        raise InputError("concepts", "write at least one concept, one per line (it is empty)")
     return concept_list, presets.one_or_each(presets.guide_lines(guide), len(concept_list), "guide", "concepts")
 
 
@@ -109,10 +110,14 @@ class UCEEraseConcepts(UCENode):
         }
 
     build_request = staticmethod(erase_request)
+    check_texts = staticmethod(erase_texts)
 
     @classmethod
-    def VALIDATE_INPUTS(cls, concepts, guide):
-        return inputs.validation_result(erase_texts, dict(concepts=concepts, guide=guide))
+    def VALIDATE_INPUTS(cls, concepts, guide, preserve, erase_scale, preserve_scale, lamb, strength):
+        return cls.validation(
+            concepts=concepts, guide=guide, preserve=preserve, erase_scale=erase_scale,
+            preserve_scale=preserve_scale, lamb=lamb, strength=strength,
+        )
 
 
 class UCEModerate(UCENode):
@@ -147,7 +152,11 @@ class UCEModerate(UCENode):
         }
 
     build_request = staticmethod(moderate_request)
+    check_texts = staticmethod(erase_texts)
 
     @classmethod
-    def VALIDATE_INPUTS(cls, concepts):
-        return inputs.validation_result(erase_texts, dict(concepts=concepts))
+    def VALIDATE_INPUTS(cls, concepts, preserve, erase_scale, preserve_scale, lamb, strength):
+        return cls.validation(
+            concepts=concepts, preserve=preserve, erase_scale=erase_scale, preserve_scale=preserve_scale, lamb=lamb,
+            strength=strength,
+        )

@@ -102,19 +102,3 @@ OUTPUT_TOOLTIPS = (
     "A copy of the model with the edit as patches; stack LoRAs after it, sample or save it like any model.",
     "What was edited: rows, preserved prompts, device, time, and the measured effect in attention space.",
 )
-
-
-def validation_result(build_request, values: dict):
-    """VALIDATE_INPUTS answer: True, or the error message (ComfyUI answers /prompt with it, HTTP 400).
-
-    ``build_request`` is the same function the node runs, so validation and
-    execution can never disagree. Linked inputs arrive as None and are checked
-    when the node runs.
-    """
-    if any(v is None for v in values.values()):
-        return True
-    try:
-        build_request(**values)
-    except ValueError as error:
-        return str(error)
-    return True

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from .input_checks import InputError, quote
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -78,9 +81,10 @@ def without(items: list[str], removed: list[str]) -> list[str]:
 def one_or_each(values: list, count: int, what: str, items: str) -> list:
     """One value per item: a single value is shared by all ``count`` items, else there must be one each."""
     if len(values) not in (1, count):
-        raise ValueError(
-            f"{what} has {len(values)} lines but there are {count} {items}: "
-            f"give one line for all {items} or one line per {items.rstrip('s')}"
+        raise InputError(
+            what,
+            f"{len(values)} lines for {count} {items}: give one line for all {items} or one line per "
+            f"{items.rstrip('s')}",
         )
     return values * count if len(values) == 1 else values
 
@@ -89,6 +93,9 @@ def parse_numbers(text: str, what: str) -> list[float]:
     """Numbers separated by commas, spaces or new lines."""
     parts = text.replace(",", " ").split()
     try:
-        return [float(p) for p in parts]
+        numbers = [float(p) for p in parts]
     except ValueError:
-        raise ValueError(f"{what} must be numbers separated by commas or new lines, got {text!r}") from None
+        raise InputError(what, f"must be numbers separated by commas or new lines, got {quote(text)}") from None
+    if not all(math.isfinite(n) for n in numbers):
+        raise InputError(what, f"must be finite numbers, got {quote(text)}")
+    return numbers

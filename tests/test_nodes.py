@@ -7,6 +7,7 @@ ComfyUI really loads them for sampling (graph.live_weights). Nothing is mocked.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -233,28 +234,46 @@ def test_prompt_weighting_syntax_is_read_literally(pack, sd15):
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"concepts": "  \n \n"}, "no concepts"),
-        ({"concepts": "cat\ndog\nbird", "guide": "animal\nplant"}, "guide has 2 lines but there are 3 concepts"),
+        ({"concepts": "  \n \n"}, "concepts: write at least one concept"),
+        ({"concepts": "cat\ndog\nbird", "guide": "animal\nplant"}, "guide: 2 lines for 3 concepts"),
     ],
 )
 def test_bad_erase_texts_are_refused_before_any_work(pack, sd15, values, message):
     node = pack.NODE_CLASS_MAPPINGS["UCEEraseConcepts"]
     inputs = {**node_defaults(pack, "UCEEraseConcepts"), **values}
-    assert message in node.VALIDATE_INPUTS(concepts=inputs["concepts"], guide=inputs["guide"])
+    assert message in node.validation(concepts=inputs["concepts"], guide=inputs["guide"])
     with pytest.raises(ValueError, match=message):
         run_node("UCEEraseConcepts", model=sd15[0], clip=sd15[1], **inputs)
 
 
-def test_out_of_range_settings_are_refused_when_run_directly(pack, sd15):
-    # Through /prompt ComfyUI's own min/max check refuses them first; called directly the node still does.
-    with pytest.raises(ValueError, match="lamb must be > 0"):
-        run_uce(pack, "UCEEraseConcepts", sd15[0], sd15[1], lamb=0.0)
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"lamb": 0.0}, "lamb: 0 is out of range: use a number from 0.001 to 100"),
+        ({"strength": float("nan")}, "strength: must be a finite number from 0 to 2, got nan"),
+        ({"strength": "nan"}, "strength: must be a finite number from 0 to 2, got nan"),
+        ({"erase_scale": float("inf")}, "erase_scale: must be a finite number from 0 to 100, got inf"),
+        ({"preserve_scale": "-inf"}, "preserve_scale: must be a finite number from -1 to 100, got -inf"),
+        ({"lamb": [1, 2]}, "lamb: must be a number from 0.001 to 100, got list"),
+        ({"concepts": ["cat", "dog"]}, "concepts: must be text with one entry per line, got a list"),
+        ({"guide": 3}, "guide: must be text with one entry per line, got int"),
+        ({"concepts": "cat " * 2_500_000}, r"concepts: is 10,000,000 characters, more than the 1,000,000"),
+        ({"preserve": "dog\n" + "x" * 30_000}, r"preserve: line 2 is 30,000 characters, .*'xxxx.*… \(30,000 characters\)"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_input_when_run_directly(pack, sd15, values, message):
+    """Through /prompt the same checks answer HTTP 400 (tests/test_hostile_inputs.py); values that arrive by
+    a link or a direct call are checked when the node runs, before any work."""
+    node = pack.NODE_CLASS_MAPPINGS["UCEEraseConcepts"]
+    assert re.search(message, node.validation(**values))
+    with pytest.raises(ValueError, match=message):
+        run_uce(pack, "UCEEraseConcepts", sd15[0], sd15[1], **values)
 
 
 @pytest.mark.parametrize(
     "weights, message",
     [
-        ("-0.03; 0.03", "attribute_weights must be numbers"),
+        ("-0.03; 0.03", "attribute_weights: must be numbers"),
         ("0.1, 0.2, 0.3", "one number per attribute"),
         ("0.1, 0.2\n0.1, 0.2\n0.1, 0.2", "give one line for all professions or one line per profession"),
         ("nan, 0.1", "finite"),
@@ -262,7 +281,7 @@ def test_out_of_range_settings_are_refused_when_run_directly(pack, sd15):
 )
 def test_malformed_debias_weights_are_refused(pack, weights, message):
     node = pack.NODE_CLASS_MAPPINGS["UCEDebias"]
-    assert message in node.VALIDATE_INPUTS(professions="doctor\nnurse", attributes="male\nfemale", attribute_weights=weights)
+    assert message in node.validation(professions="doctor\nnurse", attributes="male\nfemale", attribute_weights=weights)
 
 
 def test_clip_of_another_family_is_refused_with_both_widths(pack, sd15, sdxl_family):

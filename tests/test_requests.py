@@ -78,7 +78,7 @@ def test_debias_uses_the_five_templates_and_substitutes_attributes(nodes):
         (lambda n: n.erase.erase_request("cat", "", "", "object", token_mode="first"), "unknown token mode"),
         (lambda n: n.erase.erase_request("cat", "", "", "object", projections="queries"), "unknown projections"),
         (lambda n: n.debias.debias_request("doctor", "male", "0.1"), "at least two attributes"),
-        (lambda n: n.debias.debias_request("", "male\nfemale", "0.1, 0.1"), "no professions"),
+        (lambda n: n.debias.debias_request("", "male\nfemale", "0.1, 0.1"), "professions: write at least one profession"),
     ],
 )
 def test_bad_requests_say_what_is_wrong(nodes, call, message):

@@ -350,7 +350,7 @@ def test_empty_concepts_are_rejected_with_the_node_named(server, object_info, ch
     prompt = artist_prompt(object_info, checkpoint)
     (uce,) = wf.nodes_of_type(prompt, "UCEEraseConcepts")
     prompt[uce]["inputs"]["concepts"] = "  \n "
-    message = "no concepts: write at least one concept to erase, one per line"
+    message = "concepts: write at least one concept, one per line (it is empty)"
 
     # only outputs that need the edit: nothing can run, HTTP 400
     status, body = post_prompt(server, wf.prune_to(prompt, uce_outputs(prompt)))
@@ -369,9 +369,9 @@ def test_empty_concepts_are_rejected_with_the_node_named(server, object_info, ch
 @pytest.mark.parametrize(
     "weights, message",
     [
-        ("-0.03, oops\n0.03, -0.03\n-0.04, 0.04", "attribute_weights must be numbers separated by commas or new lines"),
-        ("0.1", "attribute_weights needs one number per attribute (2: male, female), got 1"),
-        ("0.1, 0.1\n0.2, 0.2", "attribute_weights has 2 lines but there are 3 professions"),
+        ("-0.03, oops\n0.03, -0.03\n-0.04, 0.04", "attribute_weights: must be numbers separated by commas or new lines"),
+        ("0.1", "attribute_weights: needs one number per attribute (2: male, female), got 1"),
+        ("0.1, 0.1\n0.2, 0.2", "attribute_weights: 2 lines for 3 professions"),
     ],
 )
 def test_malformed_debias_weights_are_rejected(weights, message, server, object_info, checkpoint):

@@ -17,6 +17,7 @@ layer only needs ``up = V* - W0 C``. For erasing by replacement V* = W0 G, so
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional, Union
 
@@ -46,6 +47,8 @@ class Scales:
     lamb: float = 0.5
 
     def check(self) -> None:
+        if not all(math.isfinite(value) for value in (self.erase, self.preserve, self.lamb)):
+            raise ValueError(f"scales must be finite numbers, got {self}")
         if not self.lamb > 0:
             raise ValueError(f"lamb must be > 0 (it keeps M invertible), got {self.lamb}")
         if self.erase < 0 or self.preserve < 0:
