@@ -27,9 +27,9 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
+import psutil
 import torch
 
 from . import e2e_cases, reference, solver_cases, workload
@@ -404,13 +404,10 @@ class PreservePrompts(Sequence):
 
 
 def available_bytes(device) -> int:
-    """Memory free for new tensors now: CUDA free memory, or the OS's MemAvailable."""
+    """Memory free for new tensors now: CUDA free memory, or what the OS reports as available."""
     if torch.device(device).type == "cuda":
         return torch.cuda.mem_get_info(torch.device(device))[0]
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 8 << 30
+    return psutil.virtual_memory().available
 
 
 def solve_copy_bytes(solver, device) -> float:

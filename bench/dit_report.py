@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .report import _table, mib, ratio, sci, seconds
+from .report import mib, ratio, sci, seconds, table
 
 SUMMARY_HEADER = [
     "Model, concepts",
@@ -135,8 +135,8 @@ def summary_table(cases: list[dict]) -> str:
                 ratio(ref / fast, approx),
             ]
         )
-    return "### DiT shapes: fast solve vs the naive reference (both maps of each model; ≈ = extrapolated)\n\n" + _table(
-        SUMMARY_HEADER, rows
+    return "### DiT shapes: fast solve vs the naive reference (both maps of each model; ≈ = extrapolated)\n\n" + table(
+        SUMMARY_HEADER, rows, text=("Model, concepts",)
     )
 
 
@@ -165,7 +165,8 @@ def shared_table(cases: list[dict]) -> str:
             )
     return (
         "### Many weights on one row source: fast solve (one Gram and one factorisation for all of them) vs the "
-        "naive reference (each weight on its own; ≈ = extrapolated)\n\n" + _table(SHARED_HEADER, rows)
+        "naive reference (each weight on its own; ≈ = extrapolated)\n\n"
+        + table(SHARED_HEADER, rows, text=("Model, concepts", "weights"))
     )
 
 
@@ -194,7 +195,8 @@ def full_model_table(cases: list[dict]) -> str:
         )
     return (
         "### Many row sources, some measured: the whole edit (each measured source's fast-solve and reference "
-        "times counted once for every source it stands for; ≈ = extrapolated)\n\n" + _table(FULL_HEADER, rows)
+        "times counted once for every source it stands for; ≈ = extrapolated)\n\n"
+        + table(FULL_HEADER, rows, text=("Model, concepts", "all sources extrapolated as"))
     )
 
 
@@ -216,7 +218,9 @@ def time_table(cases: list[dict]) -> str:
                     _how(ref),
                 ]
             )
-    return "### DiT shapes, per map: time (median of repeats; ≈ = extrapolated)\n\n" + _table(TIME_HEADER, rows)
+    return "### DiT shapes, per map: time (median of repeats; ≈ = extrapolated)\n\n" + table(
+        TIME_HEADER, rows, text=("Case", "map", "how the reference was timed")
+    )
 
 
 def memory_table(cases: list[dict]) -> str:
@@ -255,7 +259,7 @@ def memory_table(cases: list[dict]) -> str:
                     f"at a time as the solver reads them (not held); the peak includes every update as solved "
                     f"({gib(mem['deltas_bytes'])}, {'low-rank' if m['low_rank'] else 'dense'}, float32)."
                 )
-    text = "### DiT shapes, per map: memory\n\n" + _table(MEMORY_HEADER, rows)
+    text = "### DiT shapes, per map: memory\n\n" + table(MEMORY_HEADER, rows, text=("Case", "map"))
     return text + ("\n\n" + "\n".join(notes) if notes else "")
 
 
@@ -292,7 +296,7 @@ def accuracy_table(cases: list[dict]) -> str:
             )
     text = (
         "### DiT shapes: accuracy (relative difference ‖ΔW − ΔW_x‖/‖ΔW_x‖; the reference only where it ran on "
-        "every prompt)\n\n" + _table(ACCURACY_HEADER, rows)
+        "every prompt)\n\n" + table(ACCURACY_HEADER, rows, text=("Case", "map"))
     )
     return text + ("\n\n" + "\n".join(notes) if notes else "")
 
@@ -336,8 +340,8 @@ def e2e_tables(cases: list[dict]) -> str:
         "### DiT end to end in ComfyUI: tiny Flux.1 and SD3 models (edit runner, caches cleared first; "
         f"device {device or '—'})\n\nThe tiny models keep the real tokenizers and row layouts but have tiny "
         "text encoders, so encode times say nothing about real T5-XXL / CLIP; the SD3 maps read 4096-wide rows "
-        "as the real model does.\n\n" + _table(E2E_HEADER, runs),
-        "#### Groups of the report (first run)\n\n" + _table(GROUP_HEADER, groups),
+        "as the real model does.\n\n" + table(E2E_HEADER, runs, text=("Model", "run")),
+        "#### Groups of the report (first run)\n\n" + table(GROUP_HEADER, groups, text=("Model", "group", "shape")),
     ]
     if skipped:
         parts.append("\n".join(skipped))

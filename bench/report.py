@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import platform
-import subprocess
+from collections.abc import Collection
 from pathlib import Path
 from typing import Optional
 
+import cpuinfo
+import psutil
 import torch
+from tabulate import tabulate
 
 NOT_MEASURED = "not measured"
 
@@ -18,10 +20,10 @@ NOT_MEASURED = "not measured"
 
 def machine(device: str) -> dict:
     info = {
-        "cpu": _cpu_model(),
-        "cpu_cores": os.cpu_count(),
+        "cpu": cpuinfo.get_cpu_info().get("brand_raw") or platform.processor() or "unknown CPU",
+        "cpu_cores": psutil.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "memory_gib": _memory_gib(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -32,33 +34,6 @@ def machine(device: str) -> dict:
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda"] = torch.version.cuda
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    try:
-        out = subprocess.run(["lscpu"], check=False, capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _memory_gib() -> Optional[float]:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
 
 
 def machine_line(info: dict) -> str:
@@ -107,10 +82,11 @@ def mib(value: Optional[int]) -> str:
     return f"{value / 2**20:.1f} MiB"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+def table(header: list[str], rows: list[list[str]], text: Collection[str] = ("Case",)) -> str:
+    """A GitHub-markdown (pipe) table: the columns named in ``text`` left-aligned, the others (quantities)
+    right-aligned; cells are printed as given (already formatted, never re-parsed as numbers)."""
+    align = ["left" if name in text else "right" for name in header]
+    return tabulate(rows, header, tablefmt="pipe", colalign=align, disable_numparse=True)
 
 
 # ---------------------------------------------------------------- tables
@@ -197,9 +173,9 @@ def solver_tables(cases: list[dict]) -> str:
         )
     return (
         "### Solver only: time (median of repeats; ≈ = extrapolated)\n\n"
-        + _table(SOLVER_TIME_HEADER, timed_rows)
+        + table(SOLVER_TIME_HEADER, timed_rows, text=("Case", "how the baselines were timed"))
         + "\n\n### Solver only: accuracy (largest relative difference ‖ΔW − ΔW_x‖/‖ΔW_x‖ over the compared layers), "
-        "memory, patch size\n\n" + _table(SOLVER_ACCURACY_HEADER, accuracy_rows)
+        "memory, patch size\n\n" + table(SOLVER_ACCURACY_HEADER, accuracy_rows)
     )
 
 
@@ -248,7 +224,7 @@ def patch_table(cases: list[dict]) -> str:
         "dense ΔW (fp16)",
         "stored / dense",
     ]
-    return "### Patch memory\n\n" + _table(header, rows)
+    return "### Patch memory\n\n" + table(header, rows)
 
 
 def e2e_table(e2e: list[dict]) -> str:
@@ -274,7 +250,7 @@ def e2e_table(e2e: list[dict]) -> str:
             f"### End to end in ComfyUI: {case['case']} ({case['edit_rows']:,} edit rows, "
             f"{case['preserve_rows']:,} preserve rows; tiny SD1.5 checkpoint with the real-size CLIP-L, "
             f"{case['layers']} K/V matrices, device {case['device']})\n\n"
-            + _table(E2E_HEADER, rows)
+            + table(E2E_HEADER, rows, text=("Run",))
             + f"\n\nRepeated-run encoding / first-run encoding: {100 * case['repeat_encode_ratio']:.2f} %"
         )
     return "\n\n".join(parts)
@@ -292,7 +268,7 @@ def encoding_table(enc: Optional[dict]) -> str:
         ratio(enc["speedup"]),
         f"{enc['max_abs_diff']:.1e} (rows up to {enc['max_abs_value']:.1f})",
     ]
-    return "### Text encoding: batched vs one by one (CLIP-L)\n\n" + _table(ENCODING_HEADER, [row])
+    return "### Text encoding: batched vs one by one (CLIP-L)\n\n" + table(ENCODING_HEADER, [row], text=())
 
 
 # ---------------------------------------------------------------- targets
@@ -429,16 +405,16 @@ def markdown(results: dict) -> str:
             f"- date: {results['date']}\n- machine: {machine_line(info)}\n- command: `{results['command']}`\n"
             f"- wall time: {seconds(results['wall_seconds'])}"
         ),
-        "### Targets\n\n" + _table(TARGET_HEADER, targets(results)),
+        "### Targets\n\n" + table(TARGET_HEADER, targets(results), text=TARGET_HEADER),
     ]
     if results["solver"]:
         parts.append(solver_tables(results["solver"]))
         check = extrapolation_checks(results["solver"])
         if check:
             parts.append(check)
-        table = patch_table(results["solver"])
-        if table:
-            parts.append(table)
+        patch = patch_table(results["solver"])
+        if patch:
+            parts.append(patch)
     if results.get("e2e"):
         parts.append(e2e_table(results["e2e"]))
     if results.get("encoding"):

@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     results = {
         "smoke": args.smoke,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join(shlex.quote(a) for a in ["bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": shlex.join(["bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": report.machine(device),
         "budget": {
             "layer_seconds": layer_seconds,

@@ -24,8 +24,9 @@ COMFYUI_PACKAGES=(
   alembic SQLAlchemy "av>=14.2.0" "pydantic~=2.0" "pydantic-settings~=2.0" requests
 )
 # Dev tools; the frontend is the version ComfyUI 0.3.75's requirements.txt pins (browser tests, demo UI);
-# matplotlib draws the benchmark's plot (bench/run.py, also in the CI smoke run).
-DEV_PACKAGES=(pytest "comfyui-frontend-package==1.32.9" matplotlib)
+# matplotlib draws the benchmark's plot, tabulate its markdown tables, py-cpuinfo names the CPU (bench/run.py,
+# also in the CI smoke run); markdown-it-py reads those tables back in the tests.
+DEV_PACKAGES=(pytest "comfyui-frontend-package==1.32.9" matplotlib tabulate py-cpuinfo markdown-it-py)
 
 FETCH_TMP=""
 cleanup() { [[ -z "$FETCH_TMP" ]] || rm -rf "$FETCH_TMP"; }

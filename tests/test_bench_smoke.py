@@ -5,13 +5,20 @@ This is how CI keeps the benchmark from rotting; the real numbers come from benc
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+from markdown_it import MarkdownIt
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO_ROOT / "bench"
 
 EXPECTED = [
     "### Targets",
@@ -53,8 +60,9 @@ def test_benchmark_smoke_run_writes_its_tables_and_plot(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     markdown = (tmp_path / "results.md").read_text(encoding="utf-8")
+    unpadded = re.sub(r" {2,}", " ", markdown)  # table cells are padded to their column's width
     for expected in EXPECTED:
-        assert expected in markdown, f"{expected!r} missing from results.md:\n{markdown}"
+        assert expected in unpadded, f"{expected!r} missing from results.md:\n{markdown}"
     assert "skipped" not in markdown  # the ComfyUI cases really ran and the plot was drawn
     assert markdown in proc.stdout  # the table is printed too
 
@@ -73,3 +81,81 @@ def test_benchmark_smoke_run_writes_its_tables_and_plot(tmp_path):
     assert [case["model"] for case in dit["e2e"]] == ["tiny Flux.1", "tiny SD3"]
 
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _bench_module(name: str):
+    """A module of bench/, loaded as bench/run.py loads it (package ``uce_bench``; the repository root,
+    whose ``nodes/`` would shadow ComfyUI's, never goes on sys.path)."""
+    if "uce_bench" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "uce_bench", BENCH_DIR / "__init__.py", submodule_search_locations=[str(BENCH_DIR)]
+        )
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["uce_bench"] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"uce_bench.{name}")
+
+
+def _parsed_table(text: str) -> tuple[list[str], list[list[str]], list[str]]:
+    """(alignments, header, rows) of the one table in ``text``, as a GitHub-markdown parser reads it."""
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    assert [t.type for t in tokens].count("table_open") == 1, text
+    align, header, rows, row = [], [], [], None
+    for token in tokens:
+        if token.type == "th_open":
+            align.append((token.attrGet("style") or "").removeprefix("text-align:"))
+        elif token.type == "tr_open":
+            row = []
+        elif token.type == "inline" and row is not None:
+            row.append(token.content)
+        elif token.type == "tr_close":
+            if header:
+                rows.append(row)
+            else:
+                header = row
+            row = None
+    return align, header, rows
+
+
+def test_report_table_is_github_markdown_with_right_aligned_quantities():
+    report = _bench_module("report")
+    header = ["Case", "edit rows", "fast (f64 Gram)", "speed-up", "how the baselines were timed"]
+    rows = [
+        ["SD1.5, 1 concept, no preserve", "73", "171.4 ms", "44.1×", "all 32 layers measured"],
+        ["SDXL, 1000 concepts, paper preserve", "73,515", "44.08 s", "≈ 10,325×", "extrapolated from 2 of 140 layers"],
+        ["tiny", "1.0e-05", "—", "—", "—"],  # never re-parsed as numbers: 1.0e-05 stays as given
+    ]
+    text = report.table(header, rows, text=("Case", "how the baselines were timed"))
+
+    align, parsed_header, parsed_rows = _parsed_table(text)
+    assert parsed_header == header and parsed_rows == rows
+    assert align == ["left", "right", "right", "right", "left"]
+
+    lines = text.splitlines()
+    assert len(lines) == 2 + len(rows) and len({len(line) for line in lines}) == 1, text  # columns line up
+    for line, row in zip([lines[0], *lines[2:]], [header, *rows]):
+        cells = line.split("|")[1:-1]
+        for cell, value, side in zip(cells, row, align):
+            width = len(cell) - 2
+            assert cell == f" {value.rjust(width) if side == 'right' else value.ljust(width)} ", line
+
+
+def test_machine_description_names_the_cpu_and_memory():
+    report = _bench_module("report")
+    info = report.machine("cpu")
+    assert info["cpu"] and info["cpu"] != "unknown CPU"
+    cpuinfo_path = Path("/proc/cpuinfo")
+    if cpuinfo_path.is_file():  # Linux: the name the kernel gives, where it gives one
+        names = [
+            line.split(":", 1)[1].split()
+            for line in cpuinfo_path.read_text().splitlines()
+            if line.lower().startswith("model name")
+        ]
+        if names:
+            assert info["cpu"].split() == names[0]
+    assert info["memory_gib"] == round(psutil.virtual_memory().total / 2**30, 1) and info["memory_gib"] > 0
+    assert info["cpu_cores"] == psutil.cpu_count() and info["gpu"] is None
+
+    line = report.machine_line(info)
+    assert line.startswith(f"{info['cpu']} ({info['cpu_cores']} cores, ")
+    assert f"{info['memory_gib']} GiB RAM" in line and "no GPU" in line and "device `cpu`" in line
