@@ -44,11 +44,16 @@ def debias_request(
     """
     profession_list, attribute_list, weights = debias_texts(professions, attributes, attribute_weights)
     templates = presets.DEBIAS_TEMPLATES if use_templates else ("{}",)
-    items, item_weights = [], []
+    items, item_weights, origins = [], [], {}
     for profession, row in zip(profession_list, weights):
         for template in templates:
             items.append((template.format(profession), [template.format(a) for a in attribute_list]))
             item_weights.append(row)
+            for text in (profession, *attribute_list):
+                if template != "{}":
+                    origins[template.format(text)] = (
+                        f"the template {template!r} made it from {text!r}: shorten it or turn use_templates off"
+                    )
 
     settings = EditSettings.from_widgets(
         presets.lines(preserve) or list(presets.shipped_list("professions.txt")),
@@ -56,7 +61,7 @@ def debias_request(
         lambda count: 0.1,  # the paper's value for debiasing
         **solver_values,
     )
-    return DebiasPlan(items, item_weights), settings
+    return DebiasPlan(items, item_weights, origins=origins), settings
 
 
 class UCEDebias(UCENode):

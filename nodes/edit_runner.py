@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
 import comfy.model_management
-import comfy.utils
+import psutil
 import torch
 
 from .. import uce_solver
-from . import families, model_weights, presets, text_rows
+from . import families, model_weights, presets, text_cache, text_rows
 from .preserve_set import preserve_sets
-from .report import EditReport, GroupResult
+from .progress import EditProgress
+from .report import EditReport, GroupResult, size_text
 
 EFFECT_SAMPLE_ROWS = 512
+EDIT_MEMORY_FRACTION = 0.5
+# Preserved prompts' outputs moved by more than this fraction of their norm: flagged in the report and
+# on the node; by more than the limit: refused (the preserved prompts would no longer be what they were).
+PRESERVE_SHIFT_WARNING = 0.25
+PRESERVE_SHIFT_LIMIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,10 @@ class ErasePlan:
 
     pairs: list[tuple[str, str]]
     label: str = "erase"
+    origins: dict = field(default_factory=dict)  # prompt -> how a template made it, for error messages
+
+    def origin(self, text: str) -> str:
+        return self.origins.get(text, "")
 
     def texts(self) -> list[str]:
         return [t for pair in self.pairs for t in pair]
@@ -39,6 +51,10 @@ class DebiasPlan:
     items: list[tuple[str, list[str]]]
     weights: list[float]
     label: str = "debias"
+    origins: dict = field(default_factory=dict)
+
+    def origin(self, text: str) -> str:
+        return self.origins.get(text, "")
 
     def texts(self) -> list[str]:
         return [t for prompt, attrs in self.items for t in (prompt, *attrs)]
@@ -101,7 +117,7 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
 
     One solve per group of text-reading weights of the model's family (e.g. Flux:
     txt_in on the T5 rows, vector_in on the pooled vector), all from one encoding
-    of the prompts.
+    of the prompts. Every phase reports progress and stops when the user interrupts.
     """
     started = time.perf_counter()
     family = model_weights.family_of(model)
@@ -110,34 +126,42 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
     groups = model_weights.text_map_groups(model, family, settings.projections, pooled, device)
     edit_texts = list(dict.fromkeys(plan.texts()))
     _check_clip(clip, family, groups, model)
-    text_rows.check_prompts(clip, edit_texts + settings.preserve, family)  # a bad prompt fails before any encoding
 
+    checked = len(dict.fromkeys(edit_texts + settings.preserve))
     weight_count = sum(len(group.keys) for group in groups)
-    progress = comfy.utils.ProgressBar(len(edit_texts) + len(settings.preserve) + weight_count)
-
-    def step(offset):
-        def report_progress(done, total):
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            progress.update_absolute(offset + done)
-
-        return report_progress
+    encode_steps = len(edit_texts) + len(settings.preserve)
+    progress = EditProgress(checked + encode_steps + weight_count)
+    # a bad prompt fails before any encoding
+    text_rows.check_prompts(
+        clip, edit_texts + settings.preserve, family, progress=progress.phase(0, "checking prompts"), origin=plan.origin
+    )
 
     needs_pooled = any(group.pooled for group in groups)
-    encoded = text_rows.encode_prompts(clip, edit_texts, progress=step(0), family=family, pooled=needs_pooled)
+    encoded = {}
+    edit_rows = text_rows.iter_encoded(
+        clip, edit_texts, progress.phase(checked, "encoding edited prompts"), family=family, pooled=needs_pooled
+    )
+    for item in edit_rows:
+        if not encoded:
+            _check_edit_memory(item, len(edit_texts))
+        encoded[item.text] = item
     preserved = preserve_sets(
         clip, family, groups, settings.preserve, settings.token_mode, device, EFFECT_SAMPLE_ROWS,
-        step(len(edit_texts)),
+        progress.phase(checked + len(edit_texts), "encoding preserve prompts"),
     )
     encoded_at = time.perf_counter()
 
     deltas: dict = {}
     results = []
-    done = len(edit_texts) + len(settings.preserve)
+    done = checked + encode_steps
     for group, kept in zip(groups, preserved):
-        group_deltas, result = _solve_group(model, group, plan, encoded, kept, settings, device, step(done))
+        group_deltas, result = _solve_group(model, group, plan, encoded, kept, settings, device, progress.phase(done))
         done += len(group.keys)
         deltas.update(group_deltas)
         results.append(result)
+    warnings = _check_results(results, plan)
+    for warning in warnings:
+        progress.say(warning)
     patch_started = time.perf_counter()
     edited = model_weights.patched_clone(model, deltas, settings.strength)
     patched_at = time.perf_counter()
@@ -158,8 +182,61 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
         total_seconds=patched_at - started,
         strength=settings.strength,
         notes=tuple(_notes(family, settings, pooled, groups)),
+        warnings=tuple(warnings),
     )
     return edited, report
+
+
+def edit_memory_budget() -> int:
+    """Bytes the edited prompts' rows may take: UCE_EDIT_MEMORY_MB, else half the memory free now."""
+    configured = os.environ.get("UCE_EDIT_MEMORY_MB")
+    if configured:
+        return int(float(configured) * 2**20)
+    return int(psutil.virtual_memory().available * EDIT_MEMORY_FRACTION)
+
+
+def _check_edit_memory(first, count: int) -> None:
+    """Refuse, before encoding the rest, an edit whose rows would not fit in memory.
+
+    The edited prompts' rows are all held for the solve (once as encoded, once as
+    the edit's rows); the preserve prompts stream into their Gram matrix instead.
+    """
+    per_prompt = text_cache.nbytes(first)
+    needed = 2 * per_prompt * count
+    budget = edit_memory_budget()
+    if needed > budget:
+        raise ValueError(
+            f"this edit has {count:,} prompts (concepts x templates, with their guides) whose rows need about "
+            f"{size_text(needed)} of memory ({size_text(per_prompt)} each, held for the solve), more than "
+            f"the {size_text(budget)} this edit may use (half the free memory, or UCE_EDIT_MEMORY_MB): edit "
+            "fewer concepts per node (chain several UCE nodes) or turn expand_prompts / use_templates off"
+        )
+
+
+def _check_results(results, plan: Plan) -> list[str]:
+    """Refuse a solve that would break the model; return warnings for one that moves preserved prompts a lot."""
+    warnings = []
+    what = "attribute_weights or erase_scale" if isinstance(plan, DebiasPlan) else "erase_scale"
+    for result in results:
+        effect = result.effect
+        values = (effect.target_gap_before, effect.target_gap_after, effect.preserve_shift or 0.0)
+        if not all(math.isfinite(v) for v in values):
+            raise uce_solver.NonFiniteEditError(
+                f"the edit of the {result.label} gives NaN or infinite outputs: lower {what}, or raise lamb"
+            )
+        shift = effect.preserve_shift
+        if shift is None or shift <= PRESERVE_SHIFT_WARNING:
+            continue
+        message = (
+            f"the edit moves the preserved prompts' {result.label} outputs by {100 * shift:,.0f}% of their norm"
+        )
+        if shift > PRESERVE_SHIFT_LIMIT:
+            raise ValueError(
+                f"{message}: it would break what it should keep (more than {100 * PRESERVE_SHIFT_LIMIT:.0f}%); "
+                f"lower {what} or strength, or raise preserve_scale or lamb"
+            )
+        warnings.append(f"WARNING: {message}; the model may change beyond the edited concepts (lower {what})")
+    return warnings
 
 
 def _solve_group(model, group, plan: Plan, encoded, kept, settings: EditSettings, device, progress):

@@ -40,6 +40,12 @@ def erase_request(
     preset = presets.CONCEPT_TYPES[concept_type]
     templates = preset.templates if expand_prompts else ()
     pairs = [(prompt, g) for concept, g in zip(concept_list, guides) for prompt in presets.expand(concept, templates)]
+    origins = {
+        template.format(concept): f"the {concept_type} template {template!r} made it from the concept {concept!r}: "
+        "shorten the concept or turn expand_prompts off"
+        for concept in concept_list
+        for template in templates
+    }
 
     preserve_list = presets.lines(preserve)
     if not preserve_list and preset.preserve_list:
@@ -50,7 +56,7 @@ def erase_request(
         lambda count: max(0.1, 1 / count),  # the paper's automatic preserve scale
         **solver_values,
     )
-    return ErasePlan(pairs, label=label), settings
+    return ErasePlan(pairs, label=label, origins=origins), settings
 
 
 def moderate_request(concepts: str, preserve: str, **solver_values) -> tuple[ErasePlan, EditSettings]:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-# No supported text encoder reads more than 512 tokens of one prompt, and no token of their
-# vocabularies is longer than 40 characters: a longer line can never be one prompt.
-MAX_LINE_CHARS = 512 * 40
+# UCE reads at most 512 tokens of one prompt, and no token of the supported text encoders'
+# vocabularies is longer than 128 characters (the LLMs' runs of spaces): a longer line is never one prompt.
+MAX_LINE_CHARS = 512 * 128
 # A text input holds one prompt per line; 1,000,000 characters is some 50,000 typical prompts,
 # far more than an edit can use (the art preset's preserve list has about 1,700).
 MAX_TEXT_CHARS = 1_000_000

@@ -73,6 +73,7 @@ class EditReport:
     total_seconds: float
     strength: float
     notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # shown first: results the user should look at before using the model
 
     def text(self) -> str:
         groups = by_map(self.groups)
@@ -83,10 +84,11 @@ class EditReport:
             f"{g.weights} {g.label}{_layers(g)} ({g.low_rank} low-rank + {g.weights - g.low_rank} dense)" for g in groups
         )
         lines = [
+            *self.warnings,
             f"UCE {self.label} on {self.family} ({self.family_name}): {_count(self.blocks, 'edited prompt')}, "
             f"{main.edit_rows} rows{_per_layer(main)}{more_edit} ({self.token_mode} token mode)",
             f"preserve: {_count(self.preserve_prompts, 'prompt')}, {main.preserve_rows} rows{_per_layer(main)}{more_kept}",
-            f"weights: {weights}, patch {_size(self.patch_bytes)}",
+            f"weights: {weights}, patch {size_text(self.patch_bytes)}",
             f"device: {self.device}; encode {self.encode_seconds:.2f} s, solve {self.solve_seconds:.2f} s, "
             f"measure {self.measure_seconds:.2f} s, patch {self.patch_seconds:.2f} s, total {self.total_seconds:.2f} s",
         ]
@@ -115,8 +117,12 @@ def _per_layer(group: GroupResult) -> str:
     return " per layer" if group.layers > 1 else ""
 
 
-def _size(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
+def size_text(nbytes: float) -> str:
+    """A byte count in KiB, MiB or GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes / 2**10:.1f} KiB"
 
 
 def _count(number: int, noun: str) -> str:

@@ -70,18 +70,18 @@ class RowCache:
             return prompt
 
     def put(self, key: Hashable, prompt) -> None:
-        size = _nbytes(prompt)
+        size = nbytes(prompt)
         if size > self.max_bytes:
             return
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
-                self.bytes -= _nbytes(old)
+                self.bytes -= nbytes(old)
             self._entries[key] = prompt
             self.bytes += size
             while self.bytes > self.max_bytes:
                 _, evicted = self._entries.popitem(last=False)
-                self.bytes -= _nbytes(evicted)
+                self.bytes -= nbytes(evicted)
 
     def clear(self) -> None:
         with self._lock:
@@ -89,7 +89,8 @@ class RowCache:
             self.bytes = self.hits = self.misses = 0
 
 
-def _nbytes(encoded) -> int:
+def nbytes(encoded) -> int:
+    """Bytes of an encoded prompt's tensors (rows, pooled vector, extra encoder outputs)."""
     tensors = [encoded.rows, getattr(encoded, "pooled", None)]
     tensors += [rows for rows, _ in getattr(encoded, "extras", {}).values()]
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)

@@ -10,17 +10,23 @@ are kept per prompt.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
 from ..uce_solver import EncodedPrompt, Segment
-from . import families
+from . import families, input_checks
 from .families import BOS_PAD_RULE, CLIP_RULE, COND, POOLED, T5_RULE, TEMPLATE_RULE, Family, TextSegment
+from .input_checks import quote
 from .text_cache import ROW_CACHE, RowCache, encoder_key
 
 ENCODE_BATCH = 64
+CHECK_PROGRESS_EVERY = 64
+# Tokens of one prompt read by an encoder without a chunk size (T5, LLMs): what the families were trained
+# with at most (Flux: 512 T5 tokens); only the cheap length bound uses it.
+MAX_PROMPT_TOKENS = 512
 EXTRAS_BATCH = 8  # prompts held at a time when the family reads extra encoder outputs
 # A word the template rule puts into the family's prompt to see which tokens follow the user's text.
 _PROBE_TEXT = "x"
@@ -91,15 +97,15 @@ def last_token_slot(clip, text: str, tokens: dict, names: Optional[Sequence[str]
         chunks = tokens[name]
         if len(chunks) != 1:
             raise PromptTooLongError(
-                f"prompt {text!r} is longer than one 77-token chunk ({len(chunks)} chunks); UCE edits one chunk "
+                f"prompt {quote(text)} is longer than one 77-token chunk ({len(chunks)} chunks); UCE edits one chunk "
                 "per prompt: shorten it to at most 75 tokens"
             )
         end = _first(chunks[0], _end_token(clip, name), start=1)
         if end is None:
-            raise PromptTooLongError(f"prompt {text!r} fills its whole chunk with no end token; shorten it")
+            raise PromptTooLongError(f"prompt {quote(text)} fills its whole chunk with no end token; shorten it")
         slots[name] = end - 1
     if len(set(slots.values())) != 1:
-        raise ValueError(f"the text encoders disagree on where prompt {text!r} ends: {slots}")
+        raise ValueError(f"the text encoders disagree on where prompt {quote(text)} ends: {slots}")
     return next(iter(slots.values()))
 
 
@@ -159,7 +165,7 @@ def prompt_segments(
         start += rows
     if start != cond_rows:
         raise ValueError(
-            f"the {family.name} text encoder gave {cond_rows} rows for prompt {text!r}, expected {start} "
+            f"the {family.name} text encoder gave {cond_rows} rows for prompt {quote(text)}, expected {start} "
             "(an unexpected conditioning layout: is this CLIP the one loaded with the MODEL?)"
         )
     if kept is not None:
@@ -197,17 +203,60 @@ def conditioning_width(clip) -> int:
     return encoder_widths(clip)[COND]
 
 
-def check_prompts(clip, texts: Sequence[str], family: Optional[Family] = None, cache: Optional[RowCache] = ROW_CACHE) -> None:
+def check_prompts(
+    clip,
+    texts: Sequence[str],
+    family: Optional[Family] = None,
+    cache: Optional[RowCache] = ROW_CACHE,
+    progress: Optional[Callable[[int, int], None]] = None,
+    origin: Optional[Callable[[str], str]] = None,
+) -> None:
     """Raise PromptTooLongError (or ValueError) for a prompt the family cannot edit, before anything is encoded.
 
-    Prompts already in ``cache`` were checked when they were encoded and are skipped.
+    A text too long for any of the CLIP's tokenizers is refused by its length
+    alone, before tokenizing. Prompts already in ``cache`` were checked when they
+    were encoded and are skipped. ``progress(done, total)`` is called as prompts
+    are tokenized (it may raise to interrupt); ``origin(text)`` says where a
+    prompt came from (e.g. the template that made it), for the error message.
     """
     family = family or families.family_of_clip(clip_encoders(clip))
+    distinct = list(dict.fromkeys(texts))
+    limit = character_limit(clip)
     key = encoder_key(clip) if cache is not None else None
-    for text in dict.fromkeys(texts):
-        formatted = family.prompt_format.format(text)
-        if key is None or not cache.contains((key, formatted)):
-            _check_layouts(clip, family, text, tokenize(clip, formatted))
+    for index, text in enumerate(distinct):
+        try:
+            if len(text) > limit and len(" ".join(text.split())) > limit:
+                raise PromptTooLongError(
+                    f"prompt {quote(text)} is longer than this CLIP's text encoders read in one prompt "
+                    f"(at most {limit:,} characters): shorten it"
+                )
+            formatted = family.prompt_format.format(text)
+            if key is None or not cache.contains((key, formatted)):
+                _check_layouts(clip, family, text, tokenize(clip, formatted))
+        except PromptTooLongError as error:
+            where = origin(text) if origin is not None else ""
+            raise PromptTooLongError(f"{error}{'; ' + where if where else ''}") from None
+        if progress is not None and (index % CHECK_PROGRESS_EVERY == 0 or index == len(distinct) - 1):
+            progress(index + 1, len(distinct))
+
+
+_character_limits: "weakref.WeakKeyDictionary[object, int]" = weakref.WeakKeyDictionary()
+
+
+def character_limit(clip) -> int:
+    """More characters than any prompt the CLIP's tokenizers can read holds (a one-chunk CLIP reads 77
+    tokens; others are bounded at MAX_PROMPT_TOKENS); each token is at most its longest vocabulary entry."""
+    tokenizer = clip.tokenizer
+    if tokenizer not in _character_limits:
+        limits = []
+        for part in [tokenizer, *vars(tokenizer).values()]:
+            vocabulary = getattr(getattr(part, "tokenizer", None), "get_vocab", None)
+            if vocabulary is None:
+                continue
+            tokens = min(getattr(part, "max_length", MAX_PROMPT_TOKENS) or MAX_PROMPT_TOKENS, MAX_PROMPT_TOKENS)
+            limits.append(tokens * max(map(len, vocabulary())))
+        _character_limits[tokenizer] = max(limits, default=input_checks.MAX_LINE_CHARS)
+    return _character_limits[tokenizer]
 
 
 def iter_encoded(
@@ -337,7 +386,7 @@ def _template_suffix(clip, family: Family, name: str, text: str, tokens: dict) -
     suffix_length, suffix = _suffixes[key]
     (chunk,) = tokens[name]
     if _ids(chunk)[len(chunk) - suffix_length :] != suffix:
-        raise ValueError(f"cannot find where prompt {text!r} ends in the {family.name} text template")
+        raise ValueError(f"cannot find where prompt {quote(text)} ends in the {family.name} text template")
     return suffix_length
 
 

@@ -258,7 +258,7 @@ def test_bad_erase_texts_are_refused_before_any_work(pack, sd15, values, message
         ({"concepts": ["cat", "dog"]}, "concepts: must be text with one entry per line, got a list"),
         ({"guide": 3}, "guide: must be text with one entry per line, got int"),
         ({"concepts": "cat " * 2_500_000}, r"concepts: is 10,000,000 characters, more than the 1,000,000"),
-        ({"preserve": "dog\n" + "x" * 30_000}, r"preserve: line 2 is 30,000 characters, .*'xxxx.*… \(30,000 characters\)"),
+        ({"preserve": "dog\n" + "x" * 70_000}, r"preserve: line 2 is 70,000 characters, .*'xxxx.*… \(70,000 characters\)"),
     ],
 )
 def test_bad_values_are_refused_naming_the_input_when_run_directly(pack, sd15, values, message):
@@ -357,3 +357,71 @@ def test_report_merges_a_map_solved_per_source_layer(pack):
     assert (llama.weights, llama.layers, llama.solve_seconds) == (3, 2, 2.0)
     assert llama.effect.target_gap_before == pytest.approx(5.0) and llama.effect.target_gap_after == pytest.approx(0.5)
     assert llama.effect.preserve_shift == 0.02
+
+
+# --- costs bounded, results that cannot be silently wrong ---------------------------------------
+
+
+def test_a_text_longer_than_any_tokenizer_reads_is_refused_before_tokenizing(pack, sd15, monkeypatch):
+    text_rows = pack.nodes.text_rows
+    real_tokenize, long_texts = text_rows.tokenize, []
+
+    def tokenize(clip, text):
+        if len(text) > 1000:
+            long_texts.append(text)
+        return real_tokenize(clip, text)
+
+    monkeypatch.setattr(text_rows, "tokenize", tokenize)
+    limit = text_rows.character_limit(sd15[1])
+    assert limit == 77 * 32  # one CLIP chunk of tokens, each at most the vocabulary's longest entry
+    concept = "castles " * 400
+    with pytest.raises(ValueError, match=rf"prompt 'castles castles .*… \(3,199 characters\) is longer than this CLIP's text encoders read in one prompt \(at most {limit:,} characters\)"):
+        run_uce(pack, "UCEEraseConcepts", sd15[0], sd15[1], concepts=concept, concept_type="custom", guide="")
+    assert long_texts == []
+
+
+def test_a_prompt_made_too_long_by_a_template_names_the_template(pack, sd15):
+    concept = " ".join(["castle"] * 74)  # fits one chunk alone; "painting by" adds two tokens
+    with pytest.raises(ValueError, match=r"longer than one 77-token chunk.*the art template 'painting by \{\}' made it "
+                       r"from the concept 'castle castle.*turn expand_prompts off"):
+        run_uce(pack, "UCEEraseConcepts", sd15[0], sd15[1], concepts=concept, concept_type="art", guide="art")
+
+
+def test_interrupt_stops_the_edit_while_prompts_are_still_being_tokenized(pack, sd15, monkeypatch):
+    import comfy.model_management as mm
+
+    text_rows = pack.nodes.text_rows
+    tokenized = []
+    real_tokenize = text_rows.tokenize
+
+    def tokenize(clip, text):
+        tokenized.append(text)
+        if len(tokenized) == 100:
+            mm.interrupt_current_processing(True)  # the user presses Cancel while prompts are checked
+        return real_tokenize(clip, text)
+
+    monkeypatch.setattr(text_rows, "tokenize", tokenize)
+    preserve = "\n".join(f"preserved prompt number {i}" for i in range(1000))
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run_uce(pack, "UCEEraseConcepts", sd15[0], sd15[1], concepts="cat", concept_type="custom", preserve=preserve)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert 100 <= len(tokenized) < 200
+
+
+def test_edit_rows_beyond_the_memory_budget_are_refused_before_encoding_them_all(pack, sd15, monkeypatch):
+    monkeypatch.setenv("UCE_EDIT_MEMORY_MB", "1")  # 77 x 768 float32 rows are 231 KiB per prompt; "cat", "dog", 5 templates each, and the guide ""
+    with pytest.raises(ValueError, match=r"this edit has 13 prompts .* about 5.9 MiB of memory \(231.0 KiB each, held for the solve\), more than the 1.0 MiB .*edit fewer concepts per node"):
+        run_uce(pack, "UCEEraseConcepts", sd15[0], sd15[1], concepts="cat\ndog", concept_type="object", guide="")
+
+
+def test_debias_weights_that_would_break_the_model_are_refused_and_large_ones_flagged(pack, sd15):
+    values = dict(professions="doctor", preserve="teacher\nfarmer")
+    with pytest.raises(ValueError, match=r"moves the preserved prompts' cross-attention outputs by [\d,]+% of their norm: "
+                       r"it would break what it should keep .*lower attribute_weights"):
+        run_uce(pack, "UCEDebias", sd15[0], sd15[1], attribute_weights="-1e6, 1e6", **values)
+    _, report = run_uce(pack, "UCEDebias", sd15[0], sd15[1], attribute_weights="-30, 30", **values)
+    assert report.startswith("WARNING: the edit moves the preserved prompts' cross-attention outputs by")
+    _, report = run_uce(pack, "UCEDebias", sd15[0], sd15[1], attribute_weights="-0.03, 0.03", **values)
+    assert "WARNING" not in report
