@@ -215,7 +215,7 @@ def test_templates_browser_lists_every_workflow_with_its_thumbnail(server):
         assert status == 200 and json.loads(body) == json.loads(path.read_text(encoding="utf-8"))
         status, body = server.request("GET", f"/api/workflow_templates/{PACK_NAME}/{path.stem}.jpg")
         assert status == 200, f"no thumbnail for {path.name}"
-        assert body[:3] == b"\xff\xd8\xff" and len(body) < 60_000
+        assert body[:3] == b"\xff\xd8\xff" and len(body) < 120_000
 
 
 # -- the example workflows -----------------------------------------------------------------------
@@ -260,7 +260,7 @@ def test_workflow_is_complete_ui_format(path, object_info):
         if node["type"] == "KSampler":
             assert node["widgets_values"][1] in ("fixed", "randomize", "increment", "decrement")
     assert path.with_suffix(".jpg").is_file()
-    assert path.with_suffix(".jpg").stat().st_size < 60_000
+    assert path.with_suffix(".jpg").stat().st_size < 120_000
 
 
 @pytest.mark.parametrize("path", RUNNABLE, ids=[p.stem for p in RUNNABLE])

@@ -1,8 +1,15 @@
-"""Draw the Templates-browser thumbnail (<workflow>.jpg) of a UI-format workflow: a diagram of its graph.
+"""Make the Templates-browser thumbnail (<workflow>.jpg) of UI-format workflows: a screenshot of the
+workflow as ComfyUI's own frontend shows it.
 
-The picture is made from the workflow file itself (node boxes where the workflow puts them, links
-coloured by type, UCE nodes with their main settings, the Note's first line as caption), so it
-shows what loading the workflow gives and never claims results the tiny test models cannot show.
+A real ComfyUI server (this pack linked in, the frontend ComfyUI pins) is started, and headless
+Chromium loads each workflow (tests/browser/load_workflows.mjs --thumbnails: menus hidden, the
+whole graph fitted to a WIDTH x HEIGHT page); each picture is saved as a JPEG under MAX_BYTES.
+Needs what the browser tests need: node, Chromium and playwright-core (scripts/test.sh installs
+the last two).
+
+1280 x 720, not 640 x 360: fitted to 640 pixels, an example graph (about 2,300 units wide) is drawn
+at a quarter of its size and no title or value can be read; at 1280 they can. The Templates
+browser scales the picture down to its card anyway.
 
     .venv/bin/python devtools/uce_devtools/thumbnails.py workflows/*.json
 """
@@ -11,191 +18,74 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+if __package__ in (None, ""):  # run as a script: make `uce_devtools` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-WIDTH, HEIGHT = 640, 360
-CAPTION_HEIGHT = 46
-MARGIN = 14
-BACKGROUND = (32, 32, 32)
-GRID = (40, 40, 40)
-NODE_BODY = (53, 53, 53)
-NODE_TITLE = (34, 34, 34)
-UCE_TITLE = (46, 92, 58)
-NOTE_BODY = (102, 85, 51)
-TEXT = (221, 221, 221)
-DIM_TEXT = (170, 170, 170)
-LINK_COLOURS = {
-    "MODEL": (179, 157, 219),
-    "CLIP": (255, 213, 0),
-    "VAE": (255, 110, 110),
-    "CONDITIONING": (255, 169, 49),
-    "LATENT": (255, 156, 249),
-    "IMAGE": (100, 181, 246),
-    "STRING": (128, 200, 128),
-}
-UCE_SUMMARY_INPUTS = {
-    "UCEEraseConcepts": ("concepts", 0),
-    "UCEModerate": ("concepts", 0),
-    "UCEDebias": ("professions", 0),
-}
-MAX_BYTES = 60_000
-DISPLAY_NAMES = {  # ComfyUI's display names of the built-in nodes the examples use
-    "CheckpointLoaderSimple": "Load Checkpoint",
-    "UNETLoader": "Load Diffusion Model",
-    "DualCLIPLoader": "DualCLIPLoader",
-    "CLIPLoader": "Load CLIP",
-    "QuadrupleCLIPLoader": "QuadrupleCLIPLoader",
-    "VAELoader": "Load VAE",
-    "FluxGuidance": "FluxGuidance",
-    "EmptySD3LatentImage": "EmptySD3LatentImage",
-    "CheckpointSave": "Save Checkpoint",
-    "CLIPTextEncode": "CLIP Text Encode (Prompt)",
-    "EmptyLatentImage": "Empty Latent Image",
-    "VAEDecode": "VAE Decode",
-    "SaveImage": "Save Image",
-    "PreviewAny": "Preview as Text",
-    "UCEEraseConcepts": "UCE Erase Concepts",
-    "UCEModerate": "UCE Moderate",
-    "UCEDebias": "UCE Debias",
-}
+from PIL import Image  # noqa: E402
+from uce_devtools import browser  # noqa: E402
+from uce_devtools.server import ComfyServer  # noqa: E402
+
+WIDTH, HEIGHT = 1280, 720  # also the page's size (CSS pixels, one device pixel each) for the screenshot
+MAX_BYTES = 110_000
+PACK_NAME = "comfyui-uce"
 
 
-def render(workflow: dict, caption: str | None = None) -> Image.Image:
-    nodes = workflow["nodes"]
-    by_id = {node["id"]: node for node in nodes}
-    left = min(n["pos"][0] for n in nodes)
-    top = min(n["pos"][1] for n in nodes)
-    right = max(n["pos"][0] + n["size"][0] for n in nodes)
-    bottom = max(n["pos"][1] + n["size"][1] for n in nodes)
-    area_w, area_h = WIDTH - 2 * MARGIN, HEIGHT - CAPTION_HEIGHT - 2 * MARGIN
-    scale = min(area_w / (right - left), area_h / (bottom - top))
-    off_x = MARGIN + (area_w - (right - left) * scale) / 2
-    off_y = MARGIN + (area_h - (bottom - top) * scale) / 2
-
-    def to_px(x: float, y: float) -> tuple[float, float]:
-        return off_x + (x - left) * scale, off_y + (y - top) * scale
-
-    image = Image.new("RGB", (WIDTH, HEIGHT), BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    for gx in range(0, WIDTH, 16):
-        draw.line([(gx, 0), (gx, HEIGHT)], fill=GRID)
-    for gy in range(0, HEIGHT, 16):
-        draw.line([(0, gy), (WIDTH, gy)], fill=GRID)
-
-    title_font = ImageFont.load_default(size=10)
-    small_font = ImageFont.load_default(size=9)
-    caption_font = ImageFont.load_default(size=15)
-    title_h = 13
-
-    for link in workflow["links"]:
-        _, src, src_slot, dst, dst_slot, kind = link[:6]
-        a, b = by_id[src], by_id[dst]
-        x0, y0 = to_px(a["pos"][0] + a["size"][0], a["pos"][1])
-        x1, y1 = to_px(b["pos"][0], b["pos"][1])
-        y0 += title_h + 6 + 7 * src_slot
-        y1 += title_h + 6 + 7 * dst_slot
-        colour = LINK_COLOURS.get(kind, (200, 200, 200))
-        points = _bezier((x0, y0), (x1, y1))
-        draw.line(points, fill=colour, width=2)
-
-    for node in sorted(nodes, key=lambda n: n.get("order", 0)):
-        x0, y0 = to_px(*node["pos"])
-        x1, y1 = to_px(node["pos"][0] + node["size"][0], node["pos"][1] + node["size"][1] + 30)
-        x1, y1 = max(x1, x0 + 40), max(y1, y0 + title_h + 8)
-        is_note = node["type"] in ("Note", "MarkdownNote")
-        is_uce = node["type"].startswith("UCE")
-        draw.rounded_rectangle([x0, y0, x1, y1], radius=4, fill=NOTE_BODY if is_note else NODE_BODY,
-                               outline=(120, 200, 140) if is_uce else (80, 80, 80))
-        draw.rounded_rectangle([x0, y0, x1, y0 + title_h], radius=4,
-                               fill=UCE_TITLE if is_uce else (NOTE_BODY if is_note else NODE_TITLE))
-        title = node.get("title") or DISPLAY_NAMES.get(node["type"], node["type"])
-        draw.text((x0 + 4, y0 + 1), _fit(draw, title, title_font, x1 - x0 - 6), font=title_font, fill=TEXT)
-        lines = _body_lines(node)
-        y = y0 + title_h + 3
-        for line in lines:
-            if y + 10 > y1:
-                break
-            draw.text((x0 + 4, y), _fit(draw, line, small_font, x1 - x0 - 6), font=small_font, fill=DIM_TEXT)
-            y += 11
-
-    if caption is None:
-        caption = _note_caption(workflow) or "UCE workflow"
-    draw.rectangle([0, HEIGHT - CAPTION_HEIGHT, WIDTH, HEIGHT], fill=(20, 20, 20))
-    draw.text((MARGIN, HEIGHT - CAPTION_HEIGHT + 6), _fit(draw, caption, caption_font, WIDTH - 2 * MARGIN),
-              font=caption_font, fill=TEXT)
-    draw.text((MARGIN, HEIGHT - CAPTION_HEIGHT + 26), "Unified Concept Editing (UCE) for ComfyUI: workflow diagram",
-              font=small_font, fill=DIM_TEXT)
-    return image
+def screenshots(workflows: list[Path], out_dir: Path, timeout: float = 600) -> dict[str, Path]:
+    """{workflow name: PNG} of each workflow loaded in the pinned frontend (a server is started)."""
+    missing = browser.missing_tools()
+    frontend = browser.frontends()[0]
+    if frontend.missing():
+        missing.append(frontend.missing())
+    if missing:
+        raise RuntimeError("cannot drive the frontend here: " + "; ".join(missing))
+    base = out_dir / "server"
+    browser.add_model_placeholders(base, workflows)
+    with ComfyServer.start(base, frontend=True, pack_name=PACK_NAME, extra_args=frontend.server_args(), timeout=240) as server:
+        report_path = out_dir / "report.json"
+        run = browser.run_driver(server.url, report_path, out_dir / "shots", workflows,
+                                 extra=["--thumbnails", "--viewport", f"{WIDTH}x{HEIGHT}"], timeout=timeout)
+    report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else {}
+    if run.returncode != 0 or report.get("fatal"):
+        raise RuntimeError(f"the browser driver failed (exit {run.returncode}): {report.get('fatal')}\n{run.stderr[-4000:]}")
+    shots = {path.stem: out_dir / "shots" / f"{path.stem}.png" for path in workflows}
+    for name, shot in shots.items():
+        if not shot.is_file():
+            raise RuntimeError(f"no screenshot of {name}:\n{run.stderr[-4000:]}")
+    return shots
 
 
-def write_thumbnail(workflow_path: str | Path, out_path: str | Path | None = None) -> Path:
-    """Render `workflow_path` to a same-named .jpg (under MAX_BYTES) and return its path."""
-    workflow_path = Path(workflow_path)
-    out_path = Path(out_path) if out_path else workflow_path.with_suffix(".jpg")
-    workflow = json.loads(workflow_path.read_text(encoding="utf-8"))
-    image = render(workflow)
-    for quality in (85, 75, 65, 55, 45):
-        image.save(out_path, "JPEG", quality=quality, optimize=True)
+def write_thumbnail(screenshot: Path, out_path: Path) -> Path:
+    """Scale `screenshot` to WIDTH x HEIGHT (cropping to that aspect first) and save it as a JPEG under MAX_BYTES."""
+    image = Image.open(screenshot).convert("RGB")
+    aspect = WIDTH / HEIGHT
+    width, height = image.size
+    if width / height > aspect:
+        crop = round(height * aspect)
+        image = image.crop(((width - crop) // 2, 0, (width - crop) // 2 + crop, height))
+    elif width / height < aspect:
+        crop = round(width / aspect)
+        image = image.crop((0, (height - crop) // 2, width, (height - crop) // 2 + crop))
+    image = image.resize((WIDTH, HEIGHT), Image.Resampling.LANCZOS)
+    for quality in (85, 80, 75, 70, 60, 50):
+        image.save(out_path, "JPEG", quality=quality, optimize=True, progressive=True)
         if out_path.stat().st_size <= MAX_BYTES:
             break
     return out_path
-
-
-def _body_lines(node: dict) -> list[str]:
-    values = node.get("widgets_values") or []
-    if node["type"] in ("Note", "MarkdownNote"):
-        return [line for line in str(values[0] if values else "").splitlines()[2:] if line.strip()]
-    if node["type"] in UCE_SUMMARY_INPUTS:
-        name, index = UCE_SUMMARY_INPUTS[node["type"]]
-        items = [line for line in str(values[index]).splitlines() if line.strip()] if values else []
-        lines = [f"{name}: {', '.join(items)}"]
-        if node["type"] == "UCEEraseConcepts" and len(values) > 2:
-            lines.append(f"type: {values[1]}  guide: {values[2]!r}")
-        return lines
-    return [str(v) for v in values if isinstance(v, (str, int, float)) and not isinstance(v, bool)][:3]
-
-
-def _note_caption(workflow: dict) -> str | None:
-    for node in workflow["nodes"]:
-        if node["type"] in ("Note", "MarkdownNote") and node.get("widgets_values"):
-            first = str(node["widgets_values"][0]).splitlines()[0].strip()
-            if first:
-                return first
-    return None
-
-
-def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> str:
-    text = text.replace("\n", " ")
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
-
-
-def _bezier(start: tuple[float, float], end: tuple[float, float], steps: int = 24) -> list[tuple[float, float]]:
-    (x0, y0), (x1, y1) = start, end
-    bend = max(20.0, abs(x1 - x0) * 0.5)
-    c0, c1 = (x0 + bend, y0), (x1 - bend, y1)
-    points = []
-    for i in range(steps + 1):
-        t = i / steps
-        u = 1 - t
-        x = u**3 * x0 + 3 * u * u * t * c0[0] + 3 * u * t * t * c1[0] + t**3 * x1
-        y = u**3 * y0 + 3 * u * u * t * c0[1] + 3 * u * t * t * c1[1] + t**3 * y1
-        points.append((x, y))
-    return points
 
 
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__)
         return 2
-    for path in argv:
-        out = write_thumbnail(path)
-        print(f"{out} ({out.stat().st_size} bytes)")
+    workflows = [Path(path).resolve() for path in argv]
+    with tempfile.TemporaryDirectory(prefix="uce-thumbnails-") as tmp:
+        shots = screenshots(workflows, Path(tmp))
+        for path in workflows:
+            out = write_thumbnail(shots[path.stem], path.with_suffix(".jpg"))
+            print(f"{out} ({out.stat().st_size} bytes)")
     return 0
 
 
