@@ -1,7 +1,19 @@
 """Unified Concept Editing for ComfyUI: erase, moderate and debias concepts with a closed-form edit."""
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from comfy_api.latest import ComfyExtension, io
+
+from .nodes import NODES
 
 WEB_DIRECTORY = "./web"
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+
+class UCEExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> UCEExtension:
+    return UCEExtension()
+
+
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

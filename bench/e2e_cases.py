@@ -45,7 +45,7 @@ def run_edit_twice(pack, model, clip, artists: int, preserve: Optional[int]) -> 
     runs = {}
     with torch.inference_mode():
         for name in ("first", "repeated"):
-            _, report = runner.run_edit(model, clip, plan, settings)
+            _, report, _ = runner.run_edit(model, clip, plan, settings)
             runs[name] = {
                 "encode_seconds": report.encode_seconds,
                 "solve_seconds": report.solve_seconds,

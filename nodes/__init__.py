@@ -2,15 +2,8 @@
 
 from .debias import UCEDebias
 from .erase import UCEEraseConcepts, UCEModerate
+from .probe import UCEProbe
+from .save_edit import UCESaveEdit
 
-NODE_CLASS_MAPPINGS = {
-    "UCEEraseConcepts": UCEEraseConcepts,
-    "UCEModerate": UCEModerate,
-    "UCEDebias": UCEDebias,
-}
-
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "UCEEraseConcepts": "UCE Erase Concepts",
-    "UCEModerate": "UCE Moderate",
-    "UCEDebias": "UCE Debias",
-}
+NODES = (UCEEraseConcepts, UCEModerate, UCEDebias, UCEProbe, UCESaveEdit)
+NODE_CLASSES = {node.GET_SCHEMA().node_id: node for node in NODES}  # node id -> class, as ComfyUI registers them

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from comfy_api.latest import io
+
 from . import inputs, presets
 from .edit_runner import DebiasPlan, EditSettings
 from .input_checks import InputError
@@ -67,59 +69,52 @@ def debias_request(
 class UCEDebias(UCENode):
     """Debias professions across attributes with the UCE closed form and given attribute weights."""
 
-    DESCRIPTION = (
-        "Unified Concept Editing for debiasing: for each profession prompt, the cross-attention keys/values are "
-        "edited so its outputs move toward the attribute prompts (v* = o + sum_a w_a |o| u_a), while other "
-        "professions stay unchanged. Weights are given, not calibrated. Outputs a patched model and a report."
-    )
-
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": inputs.model_input(),
-                "clip": inputs.clip_input(),
-                "professions": inputs.text_input("doctor", "Professions (or any subjects) to debias, one per line."),
-                "attributes": inputs.text_input(
-                    "male\nfemale", "Attributes to balance across, one per line (e.g. male / female, or race groups)."
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UCEDebias",
+            display_name="UCE Debias",
+            category=inputs.CATEGORY,
+            description="Unified Concept Editing for debiasing: for each profession prompt, the cross-attention "
+            "keys/values are edited so its outputs move toward the attribute prompts (v* = o + sum_a w_a |o| u_a), "
+            "while other professions stay unchanged. Weights are given, not calibrated. Outputs a patched model, a "
+            "report and the edit.",
+            inputs=[
+                inputs.model_input(),
+                inputs.clip_input(),
+                inputs.text_input("professions", "doctor", "Professions (or any subjects) to debias, one per line."),
+                inputs.text_input(
+                    "attributes",
+                    "male\nfemale",
+                    "Attributes to balance across, one per line (e.g. male / female, or race groups).",
                 ),
-                "attribute_weights": (
-                    "STRING",
-                    {
-                        "multiline": True,
-                        "default": "-0.03, 0.03",
-                        "tooltip": "One number per attribute, in the attributes' order: positive pushes toward that "
-                        "attribute, negative away. One line for all professions or one line per profession. The "
-                        "paper's calibration uses 0.1 x (desired share - observed share), e.g. a profession shown "
-                        "80% male: -0.03, 0.03.",
-                    },
+                inputs.text_input(
+                    "attribute_weights",
+                    "-0.03, 0.03",
+                    "One number per attribute, in the attributes' order: positive pushes toward that attribute, "
+                    "negative away. One line for all professions or one line per profession. The paper's "
+                    "calibration uses 0.1 x (desired share - observed share), e.g. a profession shown 80% male: "
+                    "-0.03, 0.03.",
                 ),
-                "use_templates": (
-                    "BOOLEAN",
-                    {
-                        "default": True,
-                        "tooltip": "Edit the paper's five prompts per profession ('image of X', 'photo of X', "
-                        "'portrait of X', 'picture of X', 'X') instead of the bare profession only.",
-                    },
+                io.Boolean.Input(
+                    "use_templates",
+                    default=True,
+                    tooltip="Edit the paper's five prompts per profession ('image of X', 'photo of X', "
+                    "'portrait of X', 'picture of X', 'X') instead of the bare profession only.",
                 ),
-                "preserve": inputs.text_input(
+                inputs.text_input(
+                    "preserve",
                     "",
                     "Prompts that must not change, one per line. Empty = a built-in list of professions (minus the "
                     "debiased ones). The unconditional prompt is always preserved.",
                 ),
-                **inputs.common_solver_inputs(1.0, 0.1, "Weight s_p of keeping the preserve prompts unchanged (paper: 0.1). -1 = automatic (0.1)."),
-            },
-            "optional": inputs.optional_inputs(),
-        }
+                *inputs.common_solver_inputs(
+                    1.0, 0.1, "Weight s_p of keeping the preserve prompts unchanged (paper: 0.1). -1 = automatic (0.1)."
+                ),
+                *inputs.optional_inputs(),
+            ],
+            outputs=inputs.outputs(),
+        )
 
     build_request = staticmethod(debias_request)
     check_texts = staticmethod(debias_texts)
-
-    @classmethod
-    def VALIDATE_INPUTS(
-        cls, professions, attributes, attribute_weights, preserve, erase_scale, preserve_scale, lamb, strength
-    ):
-        return cls.validation(
-            professions=professions, attributes=attributes, attribute_weights=attribute_weights, preserve=preserve,
-            erase_scale=erase_scale, preserve_scale=preserve_scale, lamb=lamb, strength=strength,
-        )

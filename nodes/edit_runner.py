@@ -13,7 +13,8 @@ import psutil
 import torch
 
 from .. import uce_solver
-from . import families, model_weights, presets, text_cache, text_rows
+from . import edit_record, families, model_weights, presets, text_cache, text_rows
+from .edit_record import EditRecord
 from .preserve_set import preserve_sets
 from .progress import EditProgress
 from .report import EditReport, GroupResult, size_text
@@ -112,8 +113,9 @@ class EditSettings:
         )
 
 
-def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, EditReport]:
-    """Solve ``plan`` for ``model`` with texts encoded by ``clip``; return (edited MODEL clone, report).
+def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, EditReport, EditRecord]:
+    """Solve ``plan`` for ``model`` with texts encoded by ``clip``; return (edited MODEL clone, report, the
+    edit as data).
 
     One solve per group of text-reading weights of the model's family (e.g. Flux:
     txt_in on the T5 rows, vector_in on the pooled vector), all from one encoding
@@ -184,7 +186,15 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
         notes=tuple(_notes(family, settings, pooled, groups)),
         warnings=tuple(warnings),
     )
-    return edited, report
+    base = edit_record.weights_fingerprint(model_weights.base_weights(model, deltas))
+    record = EditRecord(
+        deltas=deltas,
+        strength=settings.strength,
+        family=family.name,
+        model_class=report.family,
+        description=edit_record.describe(plan, settings, family.name, base, pooled),
+    )
+    return edited, report, record
 
 
 def edit_memory_budget() -> int:

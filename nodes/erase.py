@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from comfy_api.latest import io
+
 from . import inputs, presets
 from .edit_runner import EditSettings, ErasePlan
 from .input_checks import InputError
@@ -67,102 +69,93 @@ def moderate_request(concepts: str, preserve: str, **solver_values) -> tuple[Era
 class UCEEraseConcepts(UCENode):
     """Erase concepts (artists' styles, objects, anything) by a closed-form edit of cross-attention K/V."""
 
-    DESCRIPTION = (
-        "Unified Concept Editing (Gandikota et al., WACV 2024): erase concepts from the model by a training-free, "
-        "closed-form edit of every cross-attention key/value projection, mapping each concept onto a guide concept "
-        "while keeping the preserve prompts unchanged. Outputs a patched copy of the model and a report."
-    )
-
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": inputs.model_input(),
-                "clip": inputs.clip_input(),
-                "concepts": inputs.text_input("Van Gogh", "Concepts to erase, one per line (e.g. artist names, objects)."),
-                "concept_type": (
-                    list(presets.CONCEPT_TYPES),
-                    {
-                        "default": "art",
-                        "tooltip": "Sets the paper's defaults. art: art prompt templates, built-in list of artists "
-                        "to preserve, guide 'art'. object: object templates, guide '' (unconditional). custom: no "
-                        "templates, preserve only what you list. In the editor, choosing a type also fills in its "
-                        "guide; the guide field is what the edit uses (set it yourself in API prompts).",
-                        "uce_guides": {name: t.guide for name, t in presets.CONCEPT_TYPES.items()},
-                    },
-                ),
-                "guide": inputs.text_input(
+    def define_schema(cls):
+        concept_type = io.Combo.Input(
+            "concept_type",
+            options=list(presets.CONCEPT_TYPES),
+            default="art",
+            tooltip="Sets the paper's defaults. art: art prompt templates, built-in list of artists to preserve, "
+            "guide 'art'. object: object templates, guide '' (unconditional). custom: no templates, preserve only "
+            "what you list. In the editor, choosing a type also fills in its guide; the guide field is what the "
+            "edit uses (set it yourself in API prompts).",
+        )
+        concept_type.extra_dict = {"uce_guides": {name: t.guide for name, t in presets.CONCEPT_TYPES.items()}}
+        return io.Schema(
+            node_id="UCEEraseConcepts",
+            display_name="UCE Erase Concepts",
+            category=inputs.CATEGORY,
+            description="Unified Concept Editing (Gandikota et al., WACV 2024): erase concepts from the model by a "
+            "training-free, closed-form edit of every cross-attention key/value projection, mapping each concept "
+            "onto a guide concept while keeping the preserve prompts unchanged. Outputs a patched copy of the "
+            "model, a report and the edit.",
+            inputs=[
+                inputs.model_input(),
+                inputs.clip_input(),
+                inputs.text_input("concepts", "Van Gogh", "Concepts to erase, one per line (e.g. artist names, objects)."),
+                concept_type,
+                inputs.text_input(
+                    "guide",
                     "art",
                     "What each concept should turn into: one line for all concepts, or one line per concept. Empty = "
                     "the unconditional prompt (as if the concept were not written).",
                 ),
-                "preserve": inputs.text_input(
+                inputs.text_input(
+                    "preserve",
                     "",
                     "Prompts whose outputs must not change, one per line. Empty = the concept type's default (art: "
                     "a built-in list of well-known artists). The unconditional prompt is always preserved; erased "
                     "concepts are removed from this list.",
                 ),
-                "expand_prompts": (
-                    "BOOLEAN",
-                    {
-                        "default": True,
-                        "tooltip": "Also erase the concept type's template prompts (art: 'painting by X', 'art by X' "
-                        "…; object: 'image of X', 'photo of X' …), each sent to the same guide.",
-                    },
+                io.Boolean.Input(
+                    "expand_prompts",
+                    default=True,
+                    tooltip="Also erase the concept type's template prompts (art: 'painting by X', 'art by X' "
+                    "…; object: 'image of X', 'photo of X' …), each sent to the same guide.",
                 ),
-                **inputs.common_solver_inputs(1.0, -1.0, PRESERVE_SCALE_TOOLTIP),
-            },
-            "optional": inputs.optional_inputs(),
-        }
+                *inputs.common_solver_inputs(1.0, -1.0, PRESERVE_SCALE_TOOLTIP),
+                *inputs.optional_inputs(),
+            ],
+            outputs=inputs.outputs(),
+        )
 
     build_request = staticmethod(erase_request)
     check_texts = staticmethod(erase_texts)
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, concepts, guide, preserve, erase_scale, preserve_scale, lamb, strength):
-        return cls.validation(
-            concepts=concepts, guide=guide, preserve=preserve, erase_scale=erase_scale,
-            preserve_scale=preserve_scale, lamb=lamb, strength=strength,
-        )
 
 
 class UCEModerate(UCENode):
     """Moderate unsafe concepts: erase them toward the unconditional prompt, preserving the unconditional prompt."""
 
-    DESCRIPTION = (
-        "Unified Concept Editing for moderation: sends unsafe concepts (default 'nudity') to the unconditional "
-        "prompt with a closed-form edit of cross-attention keys/values, keeping the unconditional prompt itself "
-        "(and any prompts you add) unchanged. Outputs a patched copy of the model and a report."
-    )
-
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": inputs.model_input(),
-                "clip": inputs.clip_input(),
-                "concepts": inputs.text_input("nudity", "Unsafe concepts to remove, one per line."),
-                "preserve": inputs.text_input(
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UCEModerate",
+            display_name="UCE Moderate",
+            category=inputs.CATEGORY,
+            description="Unified Concept Editing for moderation: sends unsafe concepts (default 'nudity') to the "
+            "unconditional prompt with a closed-form edit of cross-attention keys/values, keeping the unconditional "
+            "prompt itself (and any prompts you add) unchanged. Outputs a patched copy of the model, a report and "
+            "the edit.",
+            inputs=[
+                inputs.model_input(),
+                inputs.clip_input(),
+                inputs.text_input("concepts", "nudity", "Unsafe concepts to remove, one per line."),
+                inputs.text_input(
+                    "preserve",
                     "",
                     "Extra prompts whose outputs must not change, one per line. The unconditional prompt is always "
                     "preserved (the paper preserves only that).",
                 ),
-                **inputs.common_solver_inputs(
+                *inputs.common_solver_inputs(
                     1.0,
                     1.0,
                     "Weight s_p of keeping the preserve prompts unchanged (paper: 1). -1 = automatic: "
                     "max(0.1, 1 / number of preserve prompts).",
                 ),
-            },
-            "optional": inputs.optional_inputs(),
-        }
+                *inputs.optional_inputs(),
+            ],
+            outputs=inputs.outputs(),
+        )
 
     build_request = staticmethod(moderate_request)
     check_texts = staticmethod(erase_texts)
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, concepts, preserve, erase_scale, preserve_scale, lamb, strength):
-        return cls.validation(
-            concepts=concepts, preserve=preserve, erase_scale=erase_scale, preserve_scale=preserve_scale, lamb=lamb,
-            strength=strength,
-        )

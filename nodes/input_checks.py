@@ -61,8 +61,10 @@ def check_inputs(input_types: Mapping, values: Mapping) -> None:
         elif kind == "BOOLEAN":
             if not isinstance(value, bool):
                 raise InputError(name, f"must be true or false, got {type(value).__name__} {quote(str(value))}")
-        elif isinstance(kind, (list, tuple)) and value not in kind:
-            raise InputError(name, f"{quote(str(value))} is not one of {', '.join(map(str, kind))}")
+        else:
+            choices = kind if isinstance(kind, (list, tuple)) else options.get("options") if kind == "COMBO" else None
+            if choices is not None and value not in choices:
+                raise InputError(name, f"{quote(str(value))} is not one of {', '.join(map(str, choices))}")
 
 
 def check_number(name: str, value, options: Mapping, kind: str = "FLOAT") -> float:

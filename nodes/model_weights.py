@@ -10,6 +10,7 @@ from typing import Optional, Union
 import torch
 
 import comfy.lora
+import comfy.utils
 import comfy.weight_adapter
 
 from ..uce_solver import Delta, DenseDelta, EncodedPrompt, LowRankDelta, Segment
@@ -395,6 +396,12 @@ def pad_deltas(
         else:
             result[key] = DenseDelta(pad(pad(d.delta, rows, out_features, 0), columns, in_features, 1))
     return result
+
+
+def base_weights(model, keys) -> dict[str, torch.Tensor]:
+    """The MODEL's own weights for ``keys``, before any patch (also while ComfyUI has patches applied in place)."""
+    backup = getattr(model, "backup", {})
+    return {key: backup[key].weight if key in backup else comfy.utils.get_attr(model.model, key) for key in keys}
 
 
 def patched_clone(model, deltas: Mapping[str, Delta], strength: float):

@@ -1,29 +1,25 @@
-"""What every UCE node shares: category, outputs, input checks, and one path from widget values to the edit."""
+"""What every UCE node shares (ComfyUI V3 schema): category, outputs, input checks, and one path from
+widget values to the edit."""
 
 from __future__ import annotations
 
 import inspect
 
-from . import input_checks, inputs
+from comfy_api.latest import io, ui
+
+from . import input_checks
 from .edit_runner import run_edit
 
 
-class UCENode:
-    """Base of the UCE nodes. A subclass declares INPUT_TYPES, DESCRIPTION, ``build_request``
-    (widget values -> (plan, settings), raising ValueError on bad input), ``check_texts`` (the
-    part of it that parses the text inputs) and VALIDATE_INPUTS, which names the text and number
-    inputs and returns ``cls.validation(...)`` of them.
+class UCENode(io.ComfyNode):
+    """Base of the UCE nodes. A subclass declares ``define_schema`` (see ``schema``), ``build_request``
+    (widget values -> (plan, settings), raising ValueError on bad input) and ``check_texts`` (the part
+    of it that parses the text inputs, run when ComfyUI validates a queued prompt).
 
-    ComfyUI skips its own range check for the inputs VALIDATE_INPUTS names;
-    ``input_checks`` does it instead, and also refuses NaN and infinite numbers,
-    which that check lets through. Choices and booleans are left to ComfyUI.
+    ``validate_inputs`` takes every widget value, so ComfyUI leaves their range checks to
+    ``input_checks`` (which also refuses NaN and infinite numbers, and checks choices: ComfyUI
+    0.3.75 does not check a V3 combo's options itself).
     """
-
-    CATEGORY = inputs.CATEGORY
-    FUNCTION = "edit"
-    RETURN_TYPES = inputs.OUTPUTS
-    RETURN_NAMES = inputs.OUTPUT_NAMES
-    OUTPUT_TOOLTIPS = inputs.OUTPUT_TOOLTIPS
 
     build_request = None
     check_texts = None
@@ -39,15 +35,21 @@ class UCENode:
 
     @classmethod
     def validation(cls, **values):
-        """VALIDATE_INPUTS answer: True, or the message ComfyUI answers /prompt with (HTTP 400)."""
+        """The answer to ComfyUI's validation: True, or the message /prompt answers with (HTTP 400)."""
         try:
             cls.check_values(values)
         except ValueError as error:
             return str(error)
         return True
 
-    def edit(self, model, clip, **values):
-        self.check_values(values)
-        plan, settings = self.build_request(**values)
-        edited, report = run_edit(model, clip, plan, settings)
-        return edited, report.text()
+    @classmethod
+    def validate_inputs(cls, **values):
+        return cls.validation(**values)
+
+    @classmethod
+    def execute(cls, model, clip, **values) -> io.NodeOutput:
+        cls.check_values(values)
+        plan, settings = cls.build_request(**values)
+        edited, report, record = run_edit(model, clip, plan, settings)
+        text = report.text()
+        return io.NodeOutput(edited, text, record, ui=ui.PreviewText(text))

@@ -206,7 +206,7 @@ def families(*names):
 
 
 def node_defaults(pack, class_name="UCEEraseConcepts") -> dict:
-    node = pack.NODE_CLASS_MAPPINGS[class_name].INPUT_TYPES()
+    node = pack.nodes.NODE_CLASSES[class_name].INPUT_TYPES()
     sections = {**node["required"], **node.get("optional", {})}
     return {name: spec[1]["default"] for name, spec in sections.items() if len(spec) > 1 and "default" in spec[1]}
 
@@ -216,7 +216,7 @@ def erase(pack, model, clip, **values):
         **node_defaults(pack), "concept_type": "custom", "guide": "", "expand_prompts": False,
         "concepts": "a red sports car", "preserve": "a bicycle\na lighthouse", **values,
     }
-    return run_node("UCEEraseConcepts", model=model, clip=clip, **inputs)
+    return run_node("UCEEraseConcepts", model=model, clip=clip, **inputs)[:2]  # (edited MODEL, report)
 
 
 def encode(case: FamilyCase, clip, text):

@@ -98,8 +98,8 @@ def run_ok(server: ComfyServer, graph: dict, timeout: float = 300) -> dict:
 def image(server: ComfyServer, entry: dict, save_id: str | None = None) -> np.ndarray:
     from PIL import Image
 
-    if save_id is None:
-        (save_id,) = entry["outputs"]
+    if save_id is None:  # the one image output (the UCE node's output is its report)
+        (save_id,) = [node for node, output in entry["outputs"].items() if "images" in output]
     (path,) = server.output_files(entry, save_id)
     return np.asarray(Image.open(path).convert("RGB"))
 
@@ -115,9 +115,9 @@ BAD_VALUES = [
     ("strength", float("nan"), "strength: must be a finite number from 0 to 2, got nan"),
     ("strength", "nan", "strength: must be a finite number from 0 to 2, got nan"),
     ("erase_scale", float("nan"), "erase_scale: must be a finite number from 0 to 100, got nan"),
-    ("lamb", float("inf"), "lamb: must be a finite number from 0.001 to 100, got inf"),
+    ("lamb", float("inf"), "lamb: must be a finite number from 1e-05 to 100, got inf"),
     ("preserve_scale", "-Infinity", "preserve_scale: must be a finite number from -1 to 100, got -inf"),
-    ("lamb", 1000.0, "lamb: 1000 is out of range: use a number from 0.001 to 100"),
+    ("lamb", 1000.0, "lamb: 1000 is out of range: use a number from 1e-05 to 100"),
     ("concepts", "  \n ", "concepts: write at least one concept, one per line (it is empty)"),
     ("guide", "a\nb\nc", "guide: 3 lines for 2 concepts"),
     ("concepts", "Van Gogh " * 1_200_000, "concepts: is 10,800,000 characters, more than the 1,000,000"),

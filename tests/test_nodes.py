@@ -24,11 +24,17 @@ ART_TEMPLATES = ["painting by {}", "art by {}", "artwork by {}", "picture by {}"
 
 def node_defaults(pack, class_name: str) -> dict:
     """Widget defaults a node declares (what a freshly added node holds)."""
-    required = pack.NODE_CLASS_MAPPINGS[class_name].INPUT_TYPES()["required"]
+    required = pack.nodes.NODE_CLASSES[class_name].INPUT_TYPES()["required"]
     return {name: spec[1]["default"] for name, spec in required.items() if len(spec) > 1 and "default" in spec[1]}
 
 
 def run_uce(pack, class_name, model, clip, **values):
+    """(edited MODEL, report) of a UCE node run with its defaults and ``values``."""
+    return run_uce_outputs(pack, class_name, model, clip, **values)[:2]
+
+
+def run_uce_outputs(pack, class_name, model, clip, **values):
+    """All outputs of a UCE node: (edited MODEL, report, edit)."""
     inputs = {**node_defaults(pack, class_name), **values}
     return run_node(class_name, model=model, clip=clip, **inputs)
 
@@ -239,7 +245,7 @@ def test_prompt_weighting_syntax_is_read_literally(pack, sd15):
     ],
 )
 def test_bad_erase_texts_are_refused_before_any_work(pack, sd15, values, message):
-    node = pack.NODE_CLASS_MAPPINGS["UCEEraseConcepts"]
+    node = pack.nodes.NODE_CLASSES["UCEEraseConcepts"]
     inputs = {**node_defaults(pack, "UCEEraseConcepts"), **values}
     assert message in node.validation(concepts=inputs["concepts"], guide=inputs["guide"])
     with pytest.raises(ValueError, match=message):
@@ -249,12 +255,12 @@ def test_bad_erase_texts_are_refused_before_any_work(pack, sd15, values, message
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"lamb": 0.0}, "lamb: 0 is out of range: use a number from 0.001 to 100"),
+        ({"lamb": 0.0}, "lamb: 0 is out of range: use a number from 1e-05 to 100"),
         ({"strength": float("nan")}, "strength: must be a finite number from 0 to 2, got nan"),
         ({"strength": "nan"}, "strength: must be a finite number from 0 to 2, got nan"),
         ({"erase_scale": float("inf")}, "erase_scale: must be a finite number from 0 to 100, got inf"),
         ({"preserve_scale": "-inf"}, "preserve_scale: must be a finite number from -1 to 100, got -inf"),
-        ({"lamb": [1, 2]}, "lamb: must be a number from 0.001 to 100, got list"),
+        ({"lamb": [1, 2]}, "lamb: must be a number from 1e-05 to 100, got list"),
         ({"concepts": ["cat", "dog"]}, "concepts: must be text with one entry per line, got a list"),
         ({"guide": 3}, "guide: must be text with one entry per line, got int"),
         ({"concepts": "cat " * 2_500_000}, r"concepts: is 10,000,000 characters, more than the 1,000,000"),
@@ -264,7 +270,7 @@ def test_bad_erase_texts_are_refused_before_any_work(pack, sd15, values, message
 def test_bad_values_are_refused_naming_the_input_when_run_directly(pack, sd15, values, message):
     """Through /prompt the same checks answer HTTP 400 (tests/test_hostile_inputs.py); values that arrive by
     a link or a direct call are checked when the node runs, before any work."""
-    node = pack.NODE_CLASS_MAPPINGS["UCEEraseConcepts"]
+    node = pack.nodes.NODE_CLASSES["UCEEraseConcepts"]
     assert re.search(message, node.validation(**values))
     with pytest.raises(ValueError, match=message):
         run_uce(pack, "UCEEraseConcepts", sd15[0], sd15[1], **values)
@@ -280,7 +286,7 @@ def test_bad_values_are_refused_naming_the_input_when_run_directly(pack, sd15, v
     ],
 )
 def test_malformed_debias_weights_are_refused(pack, weights, message):
-    node = pack.NODE_CLASS_MAPPINGS["UCEDebias"]
+    node = pack.nodes.NODE_CLASSES["UCEDebias"]
     assert message in node.validation(professions="doctor\nnurse", attributes="male\nfemale", attribute_weights=weights)
 
 
@@ -411,8 +417,8 @@ def test_interrupt_stops_the_edit_while_prompts_are_still_being_tokenized(pack, 
 
 
 def test_edit_rows_beyond_the_memory_budget_are_refused_before_encoding_them_all(pack, sd15, monkeypatch):
-    monkeypatch.setenv("UCE_EDIT_MEMORY_MB", "1")  # 77 x 768 float32 rows are 231 KiB per prompt; "cat", "dog", 5 templates each, and the guide ""
-    with pytest.raises(ValueError, match=r"this edit has 13 prompts .* about 5.9 MiB of memory \(231.0 KiB each, held for the solve\), more than the 1.0 MiB .*edit fewer concepts per node"):
+    monkeypatch.setenv("UCE_EDIT_MEMORY_MB", "1")  # 77 x 768 float32 rows (and the pooled vector) are ~231 KiB per prompt: "cat", "dog", 5 templates each, guide ""
+    with pytest.raises(ValueError, match=r"this edit has 13 prompts .* about 5.9 MiB of memory \(23\d\.\d KiB each, held for the solve\), more than the 1.0 MiB .*edit fewer concepts per node"):
         run_uce(pack, "UCEEraseConcepts", sd15[0], sd15[1], concepts="cat\ndog", concept_type="object", guide="")
 
 

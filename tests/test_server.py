@@ -188,23 +188,22 @@ def test_server_loads_the_pack_without_import_errors(server, object_info):
 
 
 def test_object_info_matches_the_node_classes(object_info, comfy):
+    """The server registers the pack's V3 nodes (comfy_entrypoint) as their schemas declare them."""
     pack = comfy_env.load_pack()
-    assert set(pack.NODE_CLASS_MAPPINGS) == set(UCE_CLASSES)
-    for class_name, node_class in pack.NODE_CLASS_MAPPINGS.items():
+    assert not hasattr(pack, "NODE_CLASS_MAPPINGS") and callable(pack.comfy_entrypoint)
+    assert set(pack.nodes.NODE_CLASSES) == set(UCE_CLASSES)
+    for class_name, node_class in pack.nodes.NODE_CLASSES.items():
         info = object_info[class_name]
-        declared = json_round_trip(node_class.INPUT_TYPES())
-        assert info["input"] == declared  # types, defaults, ranges, tooltips, uce_guides …
-        assert info["input_order"] == {section: list(inputs) for section, inputs in declared.items()}
-        assert info["output"] == list(node_class.RETURN_TYPES)
-        assert info["output_name"] == list(node_class.RETURN_NAMES)
-        assert info["output_tooltips"] == list(node_class.OUTPUT_TOOLTIPS)
-        assert info["description"] == node_class.DESCRIPTION
-        assert info["category"] == node_class.CATEGORY
-        assert info["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[class_name]
-        for name, (_, options) in {**declared["required"], **declared.get("optional", {})}.items():
-            assert options.get("tooltip"), f"{class_name}.{name} has no tooltip"
-            section = "required" if name in declared["required"] else "optional"
-            assert info["input"][section][name][1]["tooltip"] == options["tooltip"]
+        declared = json_round_trip(node_class.GET_NODE_INFO_V1())
+        for field in ("input", "input_order", "output", "output_name", "output_tooltips", "description", "category",
+                      "display_name"):
+            assert info[field] == declared[field], field  # types, defaults, ranges, tooltips, uce_guides …
+        assert info["output"] == ["MODEL", "STRING", "UCE_EDIT"] and info["output_name"] == ["MODEL", "report", "edit"]
+        assert info["category"] == "conditioning/uce" and info["display_name"].startswith("UCE ")
+        for section, inputs in declared["input"].items():
+            for name, (_, options) in inputs.items():
+                assert options.get("tooltip"), f"{class_name}.{name} has no tooltip"
+        assert all(info["output_tooltips"])
 
 
 def test_templates_browser_lists_every_workflow_with_its_thumbnail(server):

@@ -77,16 +77,15 @@ def test_row_cache_stays_within_its_bound(text_rows, cache_module, sd15):
 def test_repeated_edit_encodes_nothing_again(pack, sd15):
     model, clip, _ = sd15
     cache = pack.nodes.text_cache.ROW_CACHE
-    node = pack.NODE_CLASS_MAPPINGS["UCEEraseConcepts"]()
     values = dict(
         concepts="Claude Monet", concept_type="custom", guide="art", preserve="Pablo Picasso\nFrida Kahlo",
         expand_prompts=False, erase_scale=1.0, preserve_scale=-1.0, lamb=0.5, token_mode="paper",
         projections="keys+values", strength=1.0,
     )
     with torch.inference_mode():
-        node.edit(model, clip, **values)
+        run_node("UCEEraseConcepts", model=model, clip=clip, **values)
         misses = cache.misses
-        _, report = node.edit(model, clip, **{**values, "erase_scale": 2.0})  # a tweak of the same edit
+        _, report, _ = run_node("UCEEraseConcepts", model=model, clip=clip, **{**values, "erase_scale": 2.0})  # a tweak of the same edit
     assert cache.misses == misses
     assert "preserve: 3 prompts, 231 rows" in report
 
