@@ -2,8 +2,6 @@
 
 from .debias import UCEDebias
 from .erase import UCEEraseConcepts, UCEModerate
-from .probe import UCEProbe
-from .save_edit import UCESaveEdit
 
-NODES = (UCEEraseConcepts, UCEModerate, UCEDebias, UCEProbe, UCESaveEdit)
+NODES = (UCEEraseConcepts, UCEModerate, UCEDebias)
 NODE_CLASSES = {node.GET_SCHEMA().node_id: node for node in NODES}  # node id -> class, as ComfyUI registers them
