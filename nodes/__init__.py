@@ -2,6 +2,7 @@
 
 from .debias import UCEDebias
 from .erase import UCEEraseConcepts, UCEModerate
+from .probe import UCEProbe
 
-NODES = (UCEEraseConcepts, UCEModerate, UCEDebias)
+NODES = (UCEEraseConcepts, UCEModerate, UCEDebias, UCEProbe)
 NODE_CLASSES = {node.GET_SCHEMA().node_id: node for node in NODES}  # node id -> class, as ComfyUI registers them
