@@ -206,6 +206,8 @@ def test_object_info_matches_the_node_classes(object_info, comfy):
             assert [info["output"], info["output_name"]] == READER_OUTPUTS[class_name]
         assert info["category"] == "conditioning/uce" and info["display_name"].startswith("UCE ")
         for section, inputs in declared["input"].items():
+            if section == "hidden":  # PROMPT, EXTRA_PNGINFO …: no options, nothing shown
+                continue
             for name, (_, options) in inputs.items():
                 assert options.get("tooltip"), f"{class_name}.{name} has no tooltip"
         assert all(info["output_tooltips"])
@@ -223,11 +225,11 @@ def test_templates_browser_lists_every_workflow_with_its_thumbnail(server):
 
 
 # -- the example workflows -----------------------------------------------------------------------
-def test_there_are_the_nine_example_workflows():
+def test_there_are_the_ten_example_workflows():
     assert {p.stem for p in WORKFLOWS} == {
         "uce_erase_artist_style", "uce_erase_object", "uce_moderate_nudity",
         "uce_debias_professions", "uce_erase_many_then_save", "uce_erase_flux", "uce_erase_sd35",
-        "uce_erase_wan22_video", "uce_erase_hidream",
+        "uce_erase_wan22_video", "uce_erase_hidream", "uce_probe_edit",
     }
 
 
@@ -278,7 +280,12 @@ def test_workflow_runs_through_the_server(path, server, object_info, checkpoint,
         assert images.shape[1:] == (TINY_SIZE, TINY_SIZE, 3)
     for preview_id in wf.nodes_of_type(prompt, "PreviewAny"):
         report = outputs[preview_id]["text"][0]
+        if prompt[prompt[preview_id]["inputs"]["source"][0]]["class_type"] == "UCEProbe":
+            assert report.startswith("UCE Probe on SD15") and "closeness to the guide" in report, report
+            continue
         assert report.startswith("UCE ") and "effect at strength" in report, report
+    for preview_id in wf.nodes_of_type(prompt, "PreviewImage"):
+        assert outputs[preview_id]["images"], outputs[preview_id]
         if path.stem == "uce_erase_sd35":
             assert report.startswith("UCE erase on SD3 (SD3)") and "context_embedder" in report, report
 
