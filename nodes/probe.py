@@ -79,6 +79,7 @@ class ProbeResult:
     mode_rows: dict
     per_layer: dict  # edited concept text -> [movement per key, in ``keys`` order]
     pairs_left_out: int = 0
+    method: str = ""  # the edit's method ("UCE erase" …), "" without an edit
 
     def text(self) -> str:
         """The result as a text table."""
@@ -94,12 +95,12 @@ class ProbeResult:
             lines.append(
                 f"{mode} movement: the same over the rows the {self.token_mode} token mode preserves ({mode} rows)"
             )
-        header = f"  {'movement':>10}  {'rows':>5}  "
+        header = f"  {'movement':>11}  {'rows':>5}  "
         if self.mode_movement:
             header += f"{mode + ' mvt':>14}  {'rows':>4}  "
         lines.append(header + f"{'kind':<16} prompt")
         for prompt in self.prompts:
-            line = f"  {self.movement[prompt.text]:>10.6g}  {self.rows[prompt.text]:>5}  "
+            line = f"  {self.movement[prompt.text]:>11.6g}  {self.rows[prompt.text]:>5}  "
             if self.mode_movement:
                 line += f"{self.mode_movement[prompt.text]:>14.6g}  {self.mode_rows[prompt.text]:>4}  "
             lines.append(line + f"{prompt.kind:<16} {json.dumps(prompt.text, ensure_ascii=False)}")
@@ -109,11 +110,11 @@ class ProbeResult:
                 "closeness to the guide = ||W_edited c - W_original g|| / ||W_original c - W_original g|| over the "
                 f"concept's and guide's rows aligned as the solver aligned them ({self.token_mode} token mode); "
                 "1 = unchanged, 0 = on the guide",
-                f"  {'closeness':>10}  {'rows':>5}  concept -> guide",
+                f"  {'closeness':>11}  {'rows':>5}  concept -> guide",
             ]
             for item in self.closeness:
                 lines.append(
-                    f"  {item.value:>10.6g}  {item.rows:>5}  {json.dumps(item.concept, ensure_ascii=False)} -> "
+                    f"  {item.value:>11.6g}  {item.rows:>5}  {json.dumps(item.concept, ensure_ascii=False)} -> "
                     f"{json.dumps(item.guide, ensure_ascii=False)}"
                 )
             if self.pairs_left_out:
@@ -122,9 +123,9 @@ class ProbeResult:
             concepts = list(self.per_layer)
             lines += ["", "movement per layer of the edited concepts (same measure, one weight at a time):"]
             lines += [f"  [{index + 1}] {json.dumps(text, ensure_ascii=False)}" for index, text in enumerate(concepts)]
-            lines.append("  " + "  ".join(f"{f'[{i + 1}]':>10}" for i in range(len(concepts))) + "  weight")
+            lines.append("  " + "  ".join(f"{f'[{i + 1}]':>11}" for i in range(len(concepts))) + "  weight")
             for index, key in enumerate(self.keys):
-                values = "  ".join(f"{self.per_layer[text][index]:>10.6g}" for text in concepts)
+                values = "  ".join(f"{self.per_layer[text][index]:>11.6g}" for text in concepts)
                 lines.append(f"  {values}  {key}")
         return "\n".join(lines)
 
@@ -263,6 +264,7 @@ def probe(original, edited, clip, prompts: str = "", record: Optional[EditRecord
         closeness=closeness,
         per_layer=per_layer,
         pairs_left_out=left_out,
+        method=record.description.get("uce.method", "UCE edit") if record is not None else "",
     )
 
 
@@ -383,7 +385,7 @@ def render_chart(result: ProbeResult) -> torch.Tensor:
     ax.set_xlim(0, peak * 1.18)
     kinds = list(dict.fromkeys(p.kind for p in prompts))
     handles = [ax.barh([0], [0], color=KIND_COLORS.get(k, "#333333"), label=k) for k in kinds]
-    ax.legend(handles=handles, fontsize=8, loc="best")
+    figure.legend(handles=handles, fontsize=9, loc="outside lower center", ncol=len(kinds), frameon=False)
 
     ax = figure.add_subplot(grid[0, 1])
     if result.closeness:
@@ -397,12 +399,13 @@ def render_chart(result: ProbeResult) -> torch.Tensor:
         ax.set_xlim(0, max(1.1, max(values) * 1.1))
         for y, value in zip(positions, values):
             ax.text(value + 0.01, y, f"{value:.3f}", va="center", fontsize=8)
-        ax.set_xlabel(f"1 = unchanged, 0 = on the guide ({result.token_mode} rows)")
+        ax.set_xlabel("1 = unchanged, 0 = on the guide")
+        ax.set_title(f"Distance left to the guide ({result.token_mode} rows)", fontsize=11)
     else:
         ax.axis("off")
-        ax.text(0.5, 0.5, "closeness to the guide:\nconnect an erase or moderate edit",
-                ha="center", va="center", fontsize=10, transform=ax.transAxes)
-    ax.set_title("Edited concepts: distance left to the guide", fontsize=11)
+        message = (f"{result.method}: no concept → guide pairs to measure" if result.method else
+                   "closeness to the guide:\nconnect the edit of an erase or moderate node")
+        ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=10, transform=ax.transAxes)
 
     if result.per_layer:
         ax = figure.add_subplot(grid[1, :])

@@ -211,7 +211,7 @@ def test_errors(pack, sd15, erased, tiny_family):
 @pytest.mark.parametrize("name", ["flux", "wan21_t2v"])
 def test_dit_and_per_block_families(pack, tiny_family, name):
     tiny = tiny_family(name)
-    edited, _, edit = run_uce_outputs(
+    edited, report, edit = run_uce_outputs(
         pack, "UCEEraseConcepts", tiny.model, tiny.clip, concepts="Van Gogh", concept_type="custom", guide="art",
         preserve="Rembrandt", expand_prompts=False,
     )
@@ -222,6 +222,9 @@ def test_dit_and_per_block_families(pack, tiny_family, name):
     got = movements(table)
     assert got["Van Gogh"][0] > got[""][0]
     assert len(re.findall(r"diffusion_model\.\S+\.weight$", table, re.M)) == len(edit.deltas)
+    remains = [float(x) for x in re.findall(r"([\d.]+)% of the distance to the targets remains", report)]
+    if len(remains) == 1:  # one group of weights: the solver's own measure of the same rows
+        assert 100 * value == pytest.approx(remains[0], abs=0.06), (value, report)
     image, table = probe(tiny.model, tiny.model, tiny.clip, "a cat")
     assert movements(table)["a cat"][0] == 0.0
 
@@ -229,3 +232,15 @@ def test_dit_and_per_block_families(pack, tiny_family, name):
 @pytest.fixture(scope="module")
 def sd15_kv(sd15):
     return sorted(cross_attention_kv_keys(sd15[0]))
+
+
+def test_debias_edit_gives_its_prompts_and_attributes_and_no_closeness(pack, sd15):
+    model, clip, _ = sd15
+    edited, _, edit = run_uce_outputs(pack, "UCEDebias", model, clip)
+    image, table = probe(model, edited, clip, edit=edit)
+    got = movements(table)
+    kinds = {kind for _, _, kind in got.values()}
+    assert {"edited", "attribute", "unconditional", "unrelated"} <= kinds
+    assert not closeness(table) and "movement per layer of the edited concepts" in table
+    assert all(value > 0 for value, _, kind in got.values() if kind == "edited")
+    assert_image(image)
