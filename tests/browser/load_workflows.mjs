@@ -4,7 +4,7 @@
 //
 //   node load_workflows.mjs --url http://127.0.0.1:PORT --out result.json --shots DIR \
 //        [--chromium /usr/bin/chromium] [--modules DIR/node_modules] [--nodes2] [--scale 2] \
-//        [--resave DIR] [--thumbnails] workflow.json ...
+//        [--resave DIR] [--thumbnails [--viewport WxH] [--zoom Z]] workflow.json ...
 //
 // --nodes2 switches the frontend's "Nodes 2.0" on (Comfy.VueNodes.Enabled: nodes and widgets are
 // Vue components over the canvas); without it the setting is left off and the LiteGraph canvas draws
@@ -20,9 +20,12 @@
 // writes) to DIR/<name>.json: the way the example workflows are kept in the frontend's own format.
 //
 // --thumbnails only takes one picture per workflow: the page in focus mode (no menus or side bars),
-// the graph fitted to the viewport (--viewport WxH, default 1280x720), DIR/<name>.png; the report then
-// holds just the frontend version and the shots (devtools/uce_devtools/thumbnails.py makes the
-// Templates-browser thumbnails from them).
+// the view framed on the UCE node(s) and the loaders that feed them, at a zoom of at least --zoom
+// (default 1.4; not the whole graph: shown at a Templates-browser card's size, every whole graph
+// looks alike and none can be read), in a --viewport WxH page (default 1280x720), DIR/<name>.png;
+// the report then holds just the frontend version, the shots and each frame (the nodes framed, the
+// zoom, the boxes in graph units; devtools/uce_devtools/thumbnails.py makes the Templates-browser
+// thumbnails from them).
 //
 // The report holds, per workflow: the nodes (type, registered or not, error flag, widget names and
 // values; with Nodes 2.0 also whether a Vue node shows it and what its text widgets and combos
@@ -35,7 +38,7 @@ import path from "node:path";
 import { createRequire } from "node:module";
 
 function parseArgs(argv) {
-  const options = { files: [], chromium: "/usr/bin/chromium", modules: null, nodes2: false, scale: 2, thumbnails: false, viewport: null };
+  const options = { files: [], chromium: "/usr/bin/chromium", modules: null, nodes2: false, scale: 2, thumbnails: false, viewport: null, zoom: 1.4 };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === "--url") options.url = argv[++i];
@@ -48,10 +51,11 @@ function parseArgs(argv) {
     else if (arg === "--scale") options.scale = Number(argv[++i]);
     else if (arg === "--thumbnails") options.thumbnails = true;
     else if (arg === "--viewport") options.viewport = argv[++i];
+    else if (arg === "--zoom") options.zoom = Number(argv[++i]);
     else options.files.push(arg);
   }
   if (!options.url || !options.out || !options.shots) {
-    throw new Error("usage: load_workflows.mjs --url URL --out FILE --shots DIR [--chromium PATH] [--modules DIR] [--nodes2] [--scale N] [--thumbnails] workflow.json ...");
+    throw new Error("usage: load_workflows.mjs --url URL --out FILE --shots DIR [--chromium PATH] [--modules DIR] [--nodes2] [--scale N] [--thumbnails [--viewport WxH] [--zoom Z]] workflow.json ...");
   }
   const [width, height] = (options.viewport || (options.thumbnails ? "1280x720" : "1600x1000")).split("x").map(Number);
   options.viewport = { width, height };
@@ -70,6 +74,10 @@ const UCE_TYPES = ["UCEEraseConcepts", "UCEModerate", "UCEDebias"];
 // The canvas draws no text where its font would be smaller than this many pixels (frontend default 8:
 // below a zoom of about 0.57 at one device pixel per CSS pixel; a fitted example graph is about 0.5).
 const MIN_FONT_SIZE_FOR_LOD = 3;
+// The thumbnails' largest zoom (CSS pixels per graph unit; the smallest is --zoom)
+const THUMBNAIL_MAX_ZOOM = 2;
+const THUMBNAIL_MARGIN = 16; // CSS pixels around the framed nodes
+const THUMBNAIL_BADGE = 22; // graph units above a node's title: the node-source badge ("comfyui-uce")
 const report = { console_errors: [], page_errors: [], workflows: {}, steps: [], shots: [] };
 // With Nodes 2.0, what the Vue widgets show must be the widget values: presetState collects mismatches.
 const shownMismatches = [];
@@ -189,21 +197,93 @@ async function thumbnails(page) {
   });
   // what focus mode leaves: the zoom buttons and the menu button
   await page.addStyleTag({ content: ".comfy-menu-hamburger, .p-buttongroup.absolute.bottom-0 { visibility: hidden !important; }" });
+  report.frames = {};
   for (const file of options.files) {
     const name = path.basename(file, ".json");
     step(`thumbnail of ${name}`);
     const workflow = JSON.parse(fs.readFileSync(file, "utf8"));
     await loadAndInspect(page, workflow, name);
     await closeDialogs(page);
-    await fitView(page, { tight: true });
-    await shot(page, name);
+    report.frames[name] = await frameOnUceNodes(page);
+    await page.waitForTimeout(500);
+    await shot(page, name, report.frames[name].pointer);
   }
 }
 
-async function shot(page, name) {
+// The thumbnail's view: the UCE node(s) (this pack's: UCEEraseConcepts, UCEModerate, UCEDebias,
+// UCEProbe) and the nodes that feed them (loaders, model patches), zoomed in so far that titles and
+// widget values can still be read with the picture shown at card size (a quarter of its width): at
+// least --zoom, larger where that box is smaller. Where the box is larger than the view at that
+// zoom, the UCE nodes stay whole across with their title at the top, and the feeders (on the left)
+// are shown as far as they fit.
+async function frameOnUceNodes(page) {
+  const frame = await page.evaluate(({ minZoom, maxZoom, margin, badge }) => {
+    const canvas = window.app.canvas;
+    const graph = window.app.graph;
+    canvas.deselectAll?.();
+    const uce = graph.nodes.filter((n) => n.type.startsWith("UCE"));  // the editing nodes and UCEProbe
+    if (!uce.length) throw new Error("no UCE node to frame");
+    const feeders = [];
+    const stack = [...uce];
+    while (stack.length) {
+      const node = stack.pop();
+      for (let slot = 0; slot < (node.inputs || []).length; slot++) {
+        const upstream = node.getInputNode(slot);
+        if (upstream && !uce.includes(upstream) && !feeders.includes(upstream)) {
+          feeders.push(upstream);
+          stack.push(upstream);
+        }
+      }
+    }
+    const bounds = (nodes) => {
+      const box = [Infinity, Infinity, -Infinity, -Infinity];
+      for (const node of nodes) {
+        const [x, y, w, h] = node.boundingRect;
+        box[0] = Math.min(box[0], x); box[1] = Math.min(box[1], y);
+        box[2] = Math.max(box[2], x + w); box[3] = Math.max(box[3], y + h);
+      }
+      return box;
+    };
+    const all = bounds([...uce, ...feeders]);
+    const core = bounds(uce);
+    all[1] = core[1] = Math.min(all[1], core[1] - badge);  // room for the pack's badge over the UCE node's title
+    const rect = canvas.canvas.getBoundingClientRect();
+    const fit = Math.min((rect.width - 2 * margin) / (all[2] - all[0]), (rect.height - 2 * margin) / (all[3] - all[1]));
+    const scale = Math.min(maxZoom, Math.max(minZoom, fit));
+    // the view's size in graph units, less the margins; where the box is placed in it
+    const [viewW, viewH] = [(rect.width - 2 * margin) / scale, (rect.height - 2 * margin) / scale];
+    const place = (lo, hi, coreLo, coreHi, size, keepHigh) => {
+      if (hi - lo <= size) return (lo + hi - size) / 2;         // all of it, centred
+      return keepHigh ? Math.min(coreLo, coreHi - size) : lo;  // the UCE nodes whole, the rest as fits
+    };
+    const left = place(all[0], all[2], core[0], core[2], viewW, true);
+    const top = place(all[1], all[3], core[1], core[3], viewH, false);
+    canvas.ds.scale = scale;
+    canvas.ds.offset = [margin / scale - left, margin / scale - top];
+    canvas.setDirty(true, true);
+    // a spot of the view over no node, for the pointer (no hover effects, no tooltips)
+    let pointer = [rect.width - 2, rect.height - 2];
+    search: for (let y = rect.height - 4; y > 0; y -= 24) {
+      for (let x = rect.width - 4; x > 0; x -= 24) {
+        const [gx, gy] = canvas.ds.convertCanvasToOffset([x, y]);
+        if (!graph.getNodeOnPos(gx, gy)) { pointer = [rect.left + x, rect.top + y]; break search; }
+      }
+    }
+    const round = (box) => box.map((v) => Math.round(v));
+    return {
+      scale, box: round(all), uce_box: round(core), view: round([left, top, left + viewW, top + viewH]),
+      nodes: [...uce, ...feeders].map((n) => n.type), pointer,
+    };
+  }, { minZoom: options.zoom, maxZoom: THUMBNAIL_MAX_ZOOM, margin: THUMBNAIL_MARGIN, badge: THUMBNAIL_BADGE });
+  step(`  framed ${frame.nodes.join(", ")} at zoom ${frame.scale.toFixed(2)}`);
+  return frame;
+}
+
+async function shot(page, name, pointer = null) {
   const file = path.join(options.shots, `${name}.png`);
-  // the pointer off the graph (an empty spot of the canvas, below a fitted graph): no tooltips
-  await page.mouse.move(options.viewport.width / 2, options.viewport.height - 40);
+  // the pointer off the nodes (`pointer`, or an empty spot of the canvas below a fitted graph): no tooltips
+  const [x, y] = pointer || [options.viewport.width / 2, options.viewport.height - 40];
+  await page.mouse.move(x, y);
   await page.waitForTimeout(200);
   await page.screenshot({ path: file });
   report.shots.push(file);
@@ -279,31 +359,15 @@ async function closeDialogs(page) {
   }
 }
 
-async function fitView(page, { tight = false } = {}) {
-  // ComfyUI's own "Fit view to selected nodes" command fits the whole graph when nothing is
-  // selected; `tight` instead fits the nodes' bounds with a small margin (the thumbnails)
-  await page.evaluate(async (tight) => {
+async function fitView(page) {
+  // ComfyUI's own "Fit view to selected nodes" command: the whole graph when nothing is selected
+  await page.evaluate(async () => {
     const canvas = window.app.canvas;
     canvas.deselectAll?.();
     await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
-    if (tight) {
-      const bounds = [Infinity, Infinity, -Infinity, -Infinity];
-      for (const node of window.app.graph.nodes) {
-        const [x, y, w, h] = node.boundingRect;
-        bounds[0] = Math.min(bounds[0], x); bounds[1] = Math.min(bounds[1], y);
-        bounds[2] = Math.max(bounds[2], x + w); bounds[3] = Math.max(bounds[3], y + h);
-      }
-      const margin = 16;
-      const [width, height] = [bounds[2] - bounds[0], bounds[3] - bounds[1]];
-      const rect = canvas.canvas.getBoundingClientRect();
-      const scale = Math.min((rect.width - 2 * margin) / width, (rect.height - 2 * margin) / height);
-      canvas.ds.scale = scale;
-      canvas.ds.offset = [(rect.width / scale - width) / 2 - bounds[0], (rect.height / scale - height) / 2 - bounds[1]];
-    } else {
-      await window.app.extensionManager.command.execute("Comfy.Canvas.FitView");
-    }
+    await window.app.extensionManager.command.execute("Comfy.Canvas.FitView");
     canvas.setDirty(true, true);
-  }, tight);
+  });
   await page.waitForTimeout(800); // the fit is animated
 }
 
