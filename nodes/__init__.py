@@ -3,6 +3,7 @@
 from .debias import UCEDebias
 from .erase import UCEEraseConcepts, UCEModerate
 from .probe import UCEProbe
+from .save_edit import UCESaveEdit
 
-NODES = (UCEEraseConcepts, UCEModerate, UCEDebias, UCEProbe)
+NODES = (UCEEraseConcepts, UCEModerate, UCEDebias, UCEProbe, UCESaveEdit)
 NODE_CLASSES = {node.GET_SCHEMA().node_id: node for node in NODES}  # node id -> class, as ComfyUI registers them
