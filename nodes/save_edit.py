@@ -376,7 +376,8 @@ class UCESaveEdit(io.ComfyNode):
                     "(sum of squares) reaches this fraction, e.g. 0.999; with dense_rank too, the smaller rank wins.",
                 ),
             ],
-            outputs=[io.String.Output("lora_name", tooltip="The file name as LoraLoaderModelOnly lists it.")],
+            outputs=[io.String.Output("lora_name", display_name="lora_name",
+                                      tooltip="The file name as LoraLoaderModelOnly lists it.")],
             is_output_node=True,
         )
 

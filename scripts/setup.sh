@@ -26,7 +26,7 @@ COMFYUI_PACKAGES=(
 # Dev tools; the frontend is the version ComfyUI 0.3.75's requirements.txt pins (browser tests, demo UI);
 # matplotlib draws the benchmark's plot, tabulate its markdown tables, py-cpuinfo names the CPU (bench/run.py,
 # also in the CI smoke run); markdown-it-py reads those tables back in the tests.
-DEV_PACKAGES=(pytest "comfyui-frontend-package==1.32.9" matplotlib tabulate py-cpuinfo markdown-it-py)
+DEV_PACKAGES=(pytest "comfyui-frontend-package==1.32.9" matplotlib tabulate py-cpuinfo markdown-it-py diffusers peft)
 
 FETCH_TMP=""
 cleanup() { [[ -z "$FETCH_TMP" ]] || rm -rf "$FETCH_TMP"; }

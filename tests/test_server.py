@@ -53,7 +53,7 @@ MODEL_FILES = {
 }
 UCE_CLASSES = sorted(wf.UCE_CLASSES)
 # Nodes that read an edit instead of making one: (output types, output names).
-READER_OUTPUTS = {"UCEProbe": [["IMAGE", "STRING"], ["chart", "table"]]}
+READER_OUTPUTS = {"UCEProbe": [["IMAGE", "STRING"], ["chart", "table"]], "UCESaveEdit": [["STRING"], ["lora_name"]]}
 TINY_SIZE, TINY_STEPS = 64, 2
 QUICK_ARTISTS = "Claude Monet\nRembrandt\nPablo Picasso\nAndy Warhol"
 QUICK_PROFESSIONS = "teacher\nfarmer\nlawyer"
@@ -225,11 +225,12 @@ def test_templates_browser_lists_every_workflow_with_its_thumbnail(server):
 
 
 # -- the example workflows -----------------------------------------------------------------------
-def test_there_are_the_ten_example_workflows():
+def test_there_are_the_twelve_example_workflows():
     assert {p.stem for p in WORKFLOWS} == {
         "uce_erase_artist_style", "uce_erase_object", "uce_moderate_nudity",
         "uce_debias_professions", "uce_erase_many_then_save", "uce_erase_flux", "uce_erase_sd35",
-        "uce_erase_wan22_video", "uce_erase_hidream", "uce_probe_edit",
+        "uce_erase_wan22_video", "uce_erase_hidream", "uce_probe_edit", "uce_erase_then_save_lora",
+        "uce_load_saved_edit",
     }
 
 
@@ -270,8 +271,10 @@ def test_workflow_is_complete_ui_format(path, object_info):
 
 
 @pytest.mark.parametrize("path", RUNNABLE, ids=[p.stem for p in RUNNABLE])
-def test_workflow_runs_through_the_server(path, server, object_info, checkpoint, sd3_checkpoint, baseline):
+def test_workflow_runs_through_the_server(path, server, object_info, checkpoint, sd3_checkpoint, baseline, request):
     prompt = derive(path, object_info, sd3_checkpoint if path.stem == "uce_erase_sd35" else checkpoint)
+    if wf.nodes_of_type(prompt, "LoraLoaderModelOnly"):  # the example loads an edit UCE Save Edit wrote
+        wf.set_inputs(prompt, "LoraLoaderModelOnly", lora_name=request.getfixturevalue("saved_edit"))
     entry = run_ok(server, prompt)
     TIMINGS[path.stem] = entry["seconds"]
     outputs = entry["outputs"]
@@ -280,8 +283,11 @@ def test_workflow_runs_through_the_server(path, server, object_info, checkpoint,
         assert images.shape[1:] == (TINY_SIZE, TINY_SIZE, 3)
     for preview_id in wf.nodes_of_type(prompt, "PreviewAny"):
         report = outputs[preview_id]["text"][0]
-        if prompt[prompt[preview_id]["inputs"]["source"][0]]["class_type"] == "UCEProbe":
-            assert report.startswith("UCE Probe on SD15") and "closeness to the guide" in report, report
+        source = prompt[prompt[preview_id]["inputs"]["source"][0]]
+        if source["class_type"] == "UCEProbe":
+            assert report.startswith("UCE Probe on SD15"), report
+            if "edit" in source["inputs"]:  # the edit names its concepts and guides
+                assert "closeness to the guide" in report, report
             continue
         assert report.startswith("UCE ") and "effect at strength" in report, report
     for preview_id in wf.nodes_of_type(prompt, "PreviewImage"):
@@ -300,6 +306,38 @@ def test_workflow_runs_through_the_server(path, server, object_info, checkpoint,
         written = sorted(server.output_dir.glob(prefix + "_*.safetensors"))
         assert written, f"CheckpointSave wrote nothing under {server.output_dir}"
         assert_edit_is_baked_in(written[-1], checkpoint)
+    for save_id in wf.nodes_of_type(prompt, "UCESaveEdit"):
+        name = saved_lora_name(outputs[save_id])
+        assert_saved_edit(server, name)
+
+
+@pytest.fixture(scope="module")
+def saved_edit(server, object_info, checkpoint, baseline) -> str:
+    """Name (as LoraLoaderModelOnly lists it) of an edit the save example wrote into the server's models/loras."""
+    prompt = derive(WORKFLOW_DIR / "uce_erase_then_save_lora.json", object_info, checkpoint)
+    (save_id,) = wf.nodes_of_type(prompt, "UCESaveEdit")
+    entry = run_ok(server, wf.prune_to(prompt, [save_id]))
+    name = saved_lora_name(entry["outputs"][save_id])
+    assert_saved_edit(server, name)
+    return name
+
+
+def saved_lora_name(output: dict) -> str:
+    """The file UCE Save Edit names in the report it shows."""
+    report = output["text"][0]
+    match = re.match(r"UCE Save Edit: (\S+\.safetensors)\n", report)
+    assert match, report
+    return match.group(1)
+
+
+def assert_saved_edit(server: ComfyServer, name: str) -> None:
+    path = server.base_dir / "models" / "loras" / name
+    assert path.is_file(), f"UCE Save Edit wrote no {name} under the server's models/loras"
+    with safetensors.safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+        keys = list(f.keys())
+    assert metadata["uce.family"] == "SD1.x" and metadata["ss_network_module"] == "networks.lora", metadata
+    assert keys and all(key.startswith("lora_unet_") for key in keys), keys[:4]
 
 
 @pytest.mark.parametrize("name", sorted(VALIDATED_ONLY))
