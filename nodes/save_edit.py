@@ -39,6 +39,7 @@ from comfy_api.latest import io, ui
 from ..uce_solver import DenseDelta, LowRankDelta
 from . import inputs
 from .edit_record import EditRecord
+from . import input_checks
 from .input_checks import InputError
 
 LORA_FOLDER = "loras"
@@ -382,6 +383,23 @@ class UCESaveEdit(io.ComfyNode):
         )
 
     @classmethod
+    def check_values(cls, values: dict) -> None:
+        """Raise InputError (naming the input) for the first widget value the node cannot use."""
+        input_checks.check_inputs(cls.INPUT_TYPES(), values)
+        if values.get("filename_prefix") is not None:
+            check_prefix(values["filename_prefix"])
+
+    @classmethod
+    def validate_inputs(cls, **values):
+        """ComfyUI's validation of a queued prompt: a bad value is an HTTP 400 naming the node and the input."""
+        try:
+            cls.check_values(values)
+        except ValueError as error:
+            return str(error)
+        return True
+
+    @classmethod
     def execute(cls, edit, filename_prefix: str, dense_rank: int = 0, dense_energy: float = 0.0) -> io.NodeOutput:
+        cls.check_values({"filename_prefix": filename_prefix, "dense_rank": dense_rank, "dense_energy": dense_energy})
         listed, _, text = save_edit(edit, filename_prefix, int(dense_rank), float(dense_energy))
         return io.NodeOutput(listed, ui=ui.PreviewText(text))

@@ -244,6 +244,20 @@ def test_prefix_outside_the_lora_folder_is_refused(pack, lora_dir, low_rank_edit
     assert not Path("/tmp/x_00001_.safetensors").exists()
 
 
+@pytest.mark.parametrize("values, message", [
+    ({"filename_prefix": "../x"}, "filename_prefix: '../x' leaves the models/loras folder"),
+    ({"filename_prefix": ""}, "filename_prefix: write a file name prefix"),
+    ({"dense_rank": -1}, "dense_rank: "),
+    ({"dense_energy": float("nan")}, "dense_energy: "),
+    ({"dense_energy": 1.5}, "dense_energy: "),
+])
+def test_bad_values_are_refused_when_a_prompt_is_queued(pack, values, message):
+    node = pack.nodes.NODE_CLASSES["UCESaveEdit"]
+    answer = node.validate_inputs(**{"filename_prefix": "uce/edit", "dense_rank": 0, "dense_energy": 0.0, **values})
+    assert isinstance(answer, str) and answer.startswith(message), answer
+    assert node.validate_inputs(filename_prefix="uce/edit", dense_rank=4, dense_energy=0.999) is True
+
+
 # -- a DiT family -------------------------------------------------------------------------------------
 def test_flux_edit_round_trips_through_lora_loader(pack, lora_dir, tiny_family):
     flux = tiny_family("flux")
@@ -256,6 +270,38 @@ def test_flux_edit_round_trips_through_lora_loader(pack, lora_dir, tiny_family):
     assert all(key.startswith("diffusion_model.") and key.endswith((".lora_A.weight", ".lora_B.weight")) for key in names)
     assert metadata["uce.family"] == "Flux.1" and metadata["ss_base_model_version"] == "flux1"
     assert_same_weights(lora_model(flux.model, name), edited, edit.keys, rtol=0, atol=5e-6)
+
+
+@pytest.mark.parametrize("family, family_name, pooled, key_start", [
+    ("sd2", "SD2.x", "off", "lora_unet_down_blocks_"),  # kohya SD2 names: diffusers blocks
+    ("sdxl", "SDXL", "on", "lora_unet_"),  # kohya SDXL names: SGM blocks, the pooled label_emb too
+])
+def test_other_unet_families_round_trip(pack, lora_dir, request, family, family_name, pooled, key_start):
+    tiny = request.getfixturevalue(f"{family}_family")
+    edited, _, edit = run_uce_outputs(pack, "UCEEraseConcepts", tiny.model, tiny.clip, concepts="Van Gogh",
+                                      preserve="Claude Monet", expand_prompts=False, pooled=pooled, strength=0.9)
+    name, _ = save(pack, edit, f"uce/{family}")
+    with safetensors.safe_open(str(lora_dir / name), "pt") as f:
+        names = list(f.keys())
+        metadata = f.metadata()
+    assert metadata["uce.family"] == family_name and all(key.startswith("lora_unet_") for key in names)
+    assert any(key.startswith(key_start) for key in names), names[:4]
+    if family == "sdxl":
+        assert "lora_unet_label_emb_0_0.lora_up.weight" in names
+        assert any(key.startswith("lora_unet_input_blocks_") for key in names), names[:4]
+    assert_same_weights(lora_model(tiny.model, name), edited, edit.keys, rtol=0, atol=5e-6)
+
+
+@pytest.mark.parametrize("family", ["sd3", "pixart_alpha", "hunyuan_dit", "wan21_t2v"])
+def test_more_dit_families_round_trip(pack, lora_dir, tiny_family, family):
+    tiny = tiny_family(family)
+    edited, _, edit = run_uce_outputs(pack, "UCEEraseConcepts", tiny.model, tiny.clip, concepts="Van Gogh",
+                                      preserve="a bicycle", expand_prompts=False)
+    name, _ = save(pack, edit, f"uce/{family}")
+    with safetensors.safe_open(str(lora_dir / name), "pt") as f:
+        names = list(f.keys())
+    assert all(key.startswith("diffusion_model.") and key.endswith((".lora_A.weight", ".lora_B.weight")) for key in names)
+    assert_same_weights(lora_model(tiny.model, name), edited, edit.keys, rtol=0, atol=5e-6)
 
 
 # -- diffusers ------------------------------------------------------------------------------------------

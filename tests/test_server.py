@@ -415,6 +415,16 @@ def test_empty_concepts_are_rejected_with_the_node_named(server, object_info, ch
     assert set(entry["outputs"]) == {wf.saves_by_branch(prompt)["unedited"]}
 
 
+def test_save_edit_prefix_outside_the_lora_folder_is_refused_at_queue_time(server, object_info, checkpoint):
+    prompt = derive(WORKFLOW_DIR / "uce_erase_then_save_lora.json", object_info, checkpoint)
+    (save_id,) = wf.nodes_of_type(prompt, "UCESaveEdit")
+    prompt[save_id]["inputs"]["filename_prefix"] = "../escape"
+    status, body = post_prompt(server, wf.prune_to(prompt, [save_id]))
+    assert status == 400 and body["error"]["type"] == "prompt_outputs_failed_validation", body
+    assert_node_error(body, save_id, "UCESaveEdit", "filename_prefix: '../escape' leaves the models/loras folder")
+    assert not list(server.base_dir.rglob("escape*"))
+
+
 @pytest.mark.parametrize(
     "weights, message",
     [
