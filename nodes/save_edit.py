@@ -11,8 +11,9 @@ Key names:
 * UNet families (SD1.x, SD2.x, SDXL): kohya's ``lora_unet_<module>.lora_down.weight`` /
   ``.lora_up.weight`` / ``.alpha`` with alpha = rank (scale 1). SD1.x and SD2.x use the diffusers block
   names kohya writes for them (``down_blocks_0_attentions_0_…``), SDXL the SGM block names kohya writes for
-  SDXL (``input_blocks_4_1_…``); ComfyUI, A1111/Forge and diffusers read both. An SD1.x/SD2.x UNet whose
-  block layout cannot be read off the edited keys keeps the SGM names (ComfyUI and A1111/Forge read them).
+  SDXL (``input_blocks_4_1_…``): ComfyUI and A1111/Forge read both, diffusers the first for SD1.x/SD2.x and
+  the second for SDXL. An SD1.x/SD2.x UNet whose block layout cannot be read off the edited keys keeps the
+  SGM names (ComfyUI and A1111/Forge read them).
 * DiT families: the PEFT form with ComfyUI's module names, ``diffusion_model.<module>.lora_A.weight``
   (down) / ``.lora_B.weight`` (up), no alpha (scale 1): ComfyUI maps ``diffusion_model.<module>`` for every
   family, and it is the form diffusion-pipe and musubi-tuner write for these models.

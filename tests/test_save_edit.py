@@ -343,3 +343,48 @@ def test_diffusers_loads_the_saved_sd15_edit(pack, sd15, lora_dir, low_rank_edit
         assert (expected[key] - ldm_state[key[len("diffusion_model."):]]).abs().max() > 1e-4, "the edit changes it"
         fused_key = diffusers_key if diffusers_key in fused else diffusers_key.replace(".weight", ".base_layer.weight")
         torch.testing.assert_close(fused[fused_key].float(), expected[key], rtol=0, atol=2e-6, msg=key)
+
+
+def test_diffusers_loads_the_saved_sdxl_edit_with_its_pooled_map(pack, lora_dir, sdxl_family):
+    """diffusers' SDXL LoRA loading (kohya SGM names, label_emb included) on a diffusers UNet holding the tiny
+    SDXL model's weights: the fused K/V and add_embedding weights are the UCE MODEL's."""
+    diffusers = pytest.importorskip("diffusers", reason="diffusers is a dev dependency (scripts/setup.sh)")
+    pytest.importorskip("peft", reason="diffusers loads LoRAs through peft (scripts/setup.sh)")
+    import comfy.utils
+    from diffusers.loaders.lora_pipeline import StableDiffusionXLLoraLoaderMixin
+
+    model = sdxl_family.model
+    edited, _, edit = run_uce_outputs(pack, "UCEEraseConcepts", model, sdxl_family.clip, concepts="Van Gogh",
+                                      preserve="Claude Monet", expand_prompts=False, pooled="on", strength=0.9)
+    assert "diffusion_model.label_emb.0.0.weight" in edit.deltas
+    name, _ = save(pack, edit, "uce/diffusers_sdxl")
+    config = model.model.model_config.unet_config
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(320, 640),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2048, attention_head_dim=(5, 10), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    )
+    key_map = comfy.utils.unet_to_diffusers(config)
+    unet_keys = [key for key in model.model.state_dict() if key.startswith("diffusion_model.")]
+    ldm_state = {key[len("diffusion_model."):]: value for key, value in live_weights(model, unet_keys).items()}
+    diffusers_state = unet.state_dict()
+    assert set(diffusers_state) <= set(key_map), sorted(set(diffusers_state) - set(key_map))[:5]
+    unet.load_state_dict({key: ldm_state[key_map[key]].reshape(diffusers_state[key].shape).float()
+                          for key in diffusers_state}, strict=True)
+
+    state_dict, network_alphas = StableDiffusionXLLoraLoaderMixin.lora_state_dict(str(lora_dir / name),
+                                                                                  unet_config=unet.config)
+    StableDiffusionXLLoraLoaderMixin.load_lora_into_unet(state_dict, network_alphas, unet=unet, adapter_name="uce")
+    unet.fuse_lora(lora_scale=1.0)
+    fused = unet.state_dict()
+    inverse = {}
+    for diffusers_key, ldm in key_map.items():
+        inverse.setdefault(ldm, []).append(diffusers_key)
+    expected = live_weights(edited, edit.keys)
+    for key in edit.keys:
+        candidates = [k for k in inverse[key[len("diffusion_model."):]] if k in diffusers_state]
+        (diffusers_key,) = candidates
+        fused_key = diffusers_key if diffusers_key in fused else diffusers_key.replace(".weight", ".base_layer.weight")
+        assert (expected[key] - ldm_state[key[len("diffusion_model."):]]).abs().max() > 1e-5, "the edit changes it"
+        torch.testing.assert_close(fused[fused_key].float(), expected[key], rtol=0, atol=5e-6, msg=key)
