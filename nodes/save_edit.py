@@ -14,7 +14,11 @@ Key names:
   SDXL (``input_blocks_4_1_…``): ComfyUI and A1111/Forge read both, diffusers the first for SD1.x/SD2.x and
   the second for SDXL. An SD1.x/SD2.x UNet whose block layout cannot be read off the edited keys keeps the
   SGM names (ComfyUI and A1111/Forge read them).
-* DiT families: the PEFT form with ComfyUI's module names, ``diffusion_model.<module>.lora_A.weight``
+* Flux.1 and SD3: diffusers' own PEFT names, ``transformer.<diffusers module>.lora_A.weight`` / ``.lora_B.weight``
+  (``transformer.context_embedder``, ``transformer.time_text_embed.text_embedder.linear_1``), no alpha: the
+  form diffusers and ai-toolkit write for these models; ComfyUI maps it through its own Flux / MMDiT ->
+  diffusers tables, which name the modules here.
+* The other DiT families: the PEFT form with ComfyUI's module names, ``diffusion_model.<module>.lora_A.weight``
   (down) / ``.lora_B.weight`` (up), no alpha (scale 1): ComfyUI maps ``diffusion_model.<module>`` for every
   family, and it is the form diffusion-pipe and musubi-tuner write for these models.
 
@@ -46,6 +50,7 @@ from .input_checks import InputError
 LORA_FOLDER = "loras"
 SAVE_DTYPE = torch.float32
 UNET_FAMILIES = ("SD1.x", "SD2.x", "SDXL")
+DIFFUSERS_TABLES = {"Flux.1": "flux_to_diffusers", "SD3": "mmdit_to_diffusers"}  # comfy.utils maps
 KOHYA_DIFFUSERS_NAMES = ("SD1.x", "SD2.x")  # kohya names these UNets' blocks as diffusers does
 BASE_MODEL_VERSION = {"SD1.x": "sd_v1", "SD2.x": "sd_v2", "SDXL": "sdxl_base_v1-0", "SD3": "sd3", "Flux.1": "flux1"}
 ARCHITECTURE = {
@@ -164,6 +169,21 @@ def unet_diffusers_names(modules: list[str]) -> Optional[dict[str, str]]:
     return names
 
 
+def transformer_diffusers_names(family: str, modules: list[str]) -> Optional[dict[str, str]]:
+    """ComfyUI module paths -> diffusers module paths by ComfyUI's own table for the family (the text-input maps
+    are outside the blocks, so no block count is needed); None if the family has none or a module is not in it."""
+    import comfy.utils
+
+    table = DIFFUSERS_TABLES.get(family)
+    if table is None:
+        return None
+    weights = {ldm: diffusers for diffusers, ldm in getattr(comfy.utils, table)({}, output_prefix="").items()
+               if isinstance(ldm, str) and ldm.endswith(".weight")}
+    if any(f"{module}.weight" not in weights for module in modules):
+        return None
+    return {module: weights[f"{module}.weight"][: -len(".weight")] for module in modules}
+
+
 def module_of(key: str) -> str:
     if not key.startswith("diffusion_model.") or not key.endswith(".weight"):
         raise ValueError(f"the edit holds {key!r}, which is not a diffusion-model weight")
@@ -174,6 +194,7 @@ def lora_tensors(record: EditRecord, saved: dict[str, SavedDelta]) -> tuple[dict
     """The file's tensors and a word on the naming used."""
     modules = {key: module_of(key) for key in saved}
     tensors: dict[str, torch.Tensor] = {}
+    diffusers_modules = transformer_diffusers_names(record.family, list(modules.values()))
     if record.family in UNET_FAMILIES:
         names, naming = dict(zip(modules.values(), modules.values())), "kohya (SGM block names)"
         if record.family in KOHYA_DIFFUSERS_NAMES:
@@ -186,6 +207,12 @@ def lora_tensors(record: EditRecord, saved: dict[str, SavedDelta]) -> tuple[dict
             tensors[f"{base}.lora_down.weight"] = delta.down
             tensors[f"{base}.lora_up.weight"] = delta.up
             tensors[f"{base}.alpha"] = torch.tensor(float(rank), dtype=SAVE_DTYPE)
+    elif diffusers_modules is not None:
+        naming = "diffusers (transformer.<module>.lora_A/lora_B)"
+        for key, delta in saved.items():
+            base = f"transformer.{diffusers_modules[modules[key]]}"
+            tensors[f"{base}.lora_A.weight"] = delta.down
+            tensors[f"{base}.lora_B.weight"] = delta.up
     else:
         naming = "PEFT (diffusion_model.<module>.lora_A/lora_B)"
         for key, delta in saved.items():

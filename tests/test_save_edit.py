@@ -267,7 +267,9 @@ def test_flux_edit_round_trips_through_lora_loader(pack, lora_dir, tiny_family):
     with safetensors.safe_open(str(lora_dir / name), "pt") as f:
         names = list(f.keys())
         metadata = f.metadata()
-    assert all(key.startswith("diffusion_model.") and key.endswith((".lora_A.weight", ".lora_B.weight")) for key in names)
+    # diffusers' Flux names (what diffusers and ai-toolkit write; ComfyUI maps them), no alpha
+    modules = ("context_embedder", "time_text_embed.text_embedder.linear_1")  # txt_in, vector_in.in_layer
+    assert set(names) == {f"transformer.{module}.lora_{ab}.weight" for module in modules for ab in "AB"}, names
     assert metadata["uce.family"] == "Flux.1" and metadata["ss_base_model_version"] == "flux1"
     assert_same_weights(lora_model(flux.model, name), edited, edit.keys, rtol=0, atol=5e-6)
 
@@ -292,15 +294,18 @@ def test_other_unet_families_round_trip(pack, lora_dir, request, family, family_
     assert_same_weights(lora_model(tiny.model, name), edited, edit.keys, rtol=0, atol=5e-6)
 
 
-@pytest.mark.parametrize("family", ["sd3", "pixart_alpha", "hunyuan_dit", "wan21_t2v"])
-def test_more_dit_families_round_trip(pack, lora_dir, tiny_family, family):
+@pytest.mark.parametrize("family, prefix", [
+    ("sd3", "transformer.context_embedder."), ("pixart_alpha", "diffusion_model."), ("hunyuan_dit", "diffusion_model."),
+    ("wan21_t2v", "diffusion_model."),
+])
+def test_more_dit_families_round_trip(pack, lora_dir, tiny_family, family, prefix):
     tiny = tiny_family(family)
     edited, _, edit = run_uce_outputs(pack, "UCEEraseConcepts", tiny.model, tiny.clip, concepts="Van Gogh",
-                                      preserve="a bicycle", expand_prompts=False)
+                                      preserve="a bicycle", expand_prompts=False, pooled="off")
     name, _ = save(pack, edit, f"uce/{family}")
     with safetensors.safe_open(str(lora_dir / name), "pt") as f:
         names = list(f.keys())
-    assert all(key.startswith("diffusion_model.") and key.endswith((".lora_A.weight", ".lora_B.weight")) for key in names)
+    assert all(key.startswith(prefix) and key.endswith((".lora_A.weight", ".lora_B.weight")) for key in names), names
     assert_same_weights(lora_model(tiny.model, name), edited, edit.keys, rtol=0, atol=5e-6)
 
 
@@ -388,3 +393,76 @@ def test_diffusers_loads_the_saved_sdxl_edit_with_its_pooled_map(pack, lora_dir,
         fused_key = diffusers_key if diffusers_key in fused else diffusers_key.replace(".weight", ".base_layer.weight")
         assert (expected[key] - ldm_state[key[len("diffusion_model."):]]).abs().max() > 1e-5, "the edit changes it"
         torch.testing.assert_close(fused[fused_key].float(), expected[key], rtol=0, atol=5e-6, msg=key)
+
+
+def test_diffusers_loads_the_saved_flux_edit(pack, lora_dir, tiny_family):
+    """diffusers' Flux LoRA loading (its own PEFT names) on a diffusers Flux transformer of the tiny model's sizes:
+    the change fusing makes to context_embedder (txt_in) and the pooled text_embedder (vector_in) is the edit's."""
+    diffusers = pytest.importorskip("diffusers", reason="diffusers is a dev dependency (scripts/setup.sh)")
+    pytest.importorskip("peft", reason="diffusers loads LoRAs through peft (scripts/setup.sh)")
+    from diffusers.loaders.lora_pipeline import FluxLoraLoaderMixin
+
+    flux = tiny_family("flux")
+    edited, _, edit = run_uce_outputs(pack, "UCEEraseConcepts", flux.model, flux.clip, concepts="Van Gogh",
+                                      preserve="a bicycle", expand_prompts=False, strength=0.8, pooled="on")
+    name, _ = save(pack, edit, "uce/diffusers_flux")
+    config = flux.model.model.model_config.unet_config
+    transformer = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=config["in_channels"] * 4, num_layers=1, num_single_layers=1,
+        attention_head_dim=config["hidden_size"] // config["num_heads"], num_attention_heads=config["num_heads"],
+        joint_attention_dim=config["context_in_dim"], pooled_projection_dim=config["vec_in_dim"],
+        guidance_embeds=True, axes_dims_rope=tuple(config["axes_dim"]),
+    )
+    names = {"diffusion_model.txt_in.weight": "context_embedder.weight",
+             "diffusion_model.vector_in.in_layer.weight": "time_text_embed.text_embedder.linear_1.weight"}
+    assert set(edit.keys) == set(names)
+    before = {key: value.clone() for key, value in transformer.state_dict().items()}
+    state_dict, network_alphas = FluxLoraLoaderMixin.lora_state_dict(str(lora_dir / name), return_alphas=True)
+    assert set(state_dict) == {f"transformer.{module[:-len('.weight')]}.lora_{ab}.weight"
+                               for module in names.values() for ab in "AB"}, sorted(state_dict)
+    FluxLoraLoaderMixin.load_lora_into_transformer(state_dict, network_alphas, transformer=transformer,
+                                                   adapter_name="uce")
+    transformer.fuse_lora(lora_scale=1.0)
+    fused = transformer.state_dict()
+    base = live_weights(flux.model, edit.keys)
+    expected = live_weights(edited, edit.keys)
+    for key, diffusers_key in names.items():
+        fused_key = diffusers_key if diffusers_key in fused else diffusers_key.replace(".weight", ".base_layer.weight")
+        delta = expected[key] - base[key]
+        assert delta.abs().max() > 1e-5
+        torch.testing.assert_close(fused[fused_key] - before[diffusers_key], delta, rtol=0, atol=5e-6, msg=key)
+
+
+def test_diffusers_loads_the_saved_sd3_edit(pack, lora_dir, tiny_family):
+    """diffusers' SD3 LoRA loading (its own PEFT names) on a diffusers SD3 transformer of the tiny model's sizes:
+    the change fusing makes to context_embedder and the pooled text_embedder (y_embedder) is the edit's."""
+    diffusers = pytest.importorskip("diffusers", reason="diffusers is a dev dependency (scripts/setup.sh)")
+    pytest.importorskip("peft", reason="diffusers loads LoRAs through peft (scripts/setup.sh)")
+    from diffusers.loaders.lora_pipeline import SD3LoraLoaderMixin
+
+    sd3 = tiny_family("sd3")
+    edited, _, edit = run_uce_outputs(pack, "UCEEraseConcepts", sd3.model, sd3.clip, concepts="Van Gogh",
+                                      preserve="a bicycle", expand_prompts=False, strength=0.8, pooled="on")
+    name, _ = save(pack, edit, "uce/diffusers_sd3")
+    weights = sd3.model.model.state_dict()
+    width, context = weights["diffusion_model.context_embedder.weight"].shape
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=1, attention_head_dim=64,
+        num_attention_heads=width // 64, joint_attention_dim=context, caption_projection_dim=width,
+        pooled_projection_dim=weights["diffusion_model.y_embedder.mlp.0.weight"].shape[1], pos_embed_max_size=32,
+    )
+    names = {"diffusion_model.context_embedder.weight": "context_embedder.weight",
+             "diffusion_model.y_embedder.mlp.0.weight": "time_text_embed.text_embedder.linear_1.weight"}
+    assert set(edit.keys) == set(names)
+    before = {key: value.clone() for key, value in transformer.state_dict().items()}
+    state_dict = SD3LoraLoaderMixin.lora_state_dict(str(lora_dir / name))
+    SD3LoraLoaderMixin.load_lora_into_transformer(state_dict, transformer=transformer, adapter_name="uce")
+    transformer.fuse_lora(lora_scale=1.0)
+    fused = transformer.state_dict()
+    base = live_weights(sd3.model, edit.keys)
+    expected = live_weights(edited, edit.keys)
+    for key, diffusers_key in names.items():
+        fused_key = diffusers_key if diffusers_key in fused else diffusers_key.replace(".weight", ".base_layer.weight")
+        delta = expected[key] - base[key]
+        assert delta.abs().max() > 1e-5
+        torch.testing.assert_close(fused[fused_key] - before[diffusers_key], delta, rtol=0, atol=5e-6, msg=key)
