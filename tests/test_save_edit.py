@@ -7,7 +7,6 @@ Weights are compared as ComfyUI really loads them for sampling (graph.live_weigh
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
