@@ -30,21 +30,19 @@ LoRA loader casts to the model's dtype anyway, and an edit's low-rank factors ar
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Optional
-
-import torch
 
 import folder_paths
 import safetensors.torch
+import torch
 from comfy_api.latest import io, ui
 
 from ..uce_solver import DenseDelta, LowRankDelta
-from . import inputs
+from . import input_checks, inputs
 from .edit_record import EditRecord
-from . import input_checks
 from .input_checks import InputError
 
 LORA_FOLDER = "loras"
@@ -126,7 +124,7 @@ def saved_delta(delta, strength: float, dense_rank: int, dense_energy: float) ->
 _BLOCK = re.compile(r"^(input_blocks|output_blocks)\.(\d+)\.1\.(.*)$")
 
 
-def unet_diffusers_names(modules: list[str]) -> Optional[dict[str, str]]:
+def unet_diffusers_names(modules: list[str]) -> dict[str, str] | None:
     """ComfyUI (SGM) UNet module paths -> diffusers module paths, for the attention modules of an edit.
 
     The block layout (res blocks per level) is read off the edited keys: in the UNet every res block of a
@@ -169,7 +167,7 @@ def unet_diffusers_names(modules: list[str]) -> Optional[dict[str, str]]:
     return names
 
 
-def transformer_diffusers_names(family: str, modules: list[str]) -> Optional[dict[str, str]]:
+def transformer_diffusers_names(family: str, modules: list[str]) -> dict[str, str] | None:
     """ComfyUI module paths -> diffusers module paths by ComfyUI's own table for the family (the text-input maps
     are outside the blocks, so no block count is needed); None if the family has none or a module is not in it."""
     import comfy.utils
@@ -246,7 +244,7 @@ def target_path(filename_prefix: str) -> tuple[str, str]:
     check_prefix(filename_prefix)
     root = lora_folder()
     try:
-        folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix.strip(), root)
+        folder, filename, counter, _, _ = folder_paths.get_save_image_path(filename_prefix.strip(), root)
     except Exception as error:  # ComfyUI refuses paths outside the folder with a bare Exception
         raise InputError("filename_prefix", f"{filename_prefix!r} leaves the models/loras folder") from error
     name = f"{filename}_{counter:05}_.safetensors"
@@ -332,8 +330,8 @@ def size_text(size: int) -> str:
 def report_text(listed: str, record: EditRecord, saved: dict[str, SavedDelta], naming: str, size: int) -> str:
     lines = [
         f"UCE Save Edit: {listed}",
-        f"{len(saved)} weights of {record.family} ({record.model_class}), {naming} keys, float32, {size_text(size)}; "
-        f"strength {record.strength:g} folded in (load at LoRA strength 1.0)",
+        (f"{len(saved)} weights of {record.family} ({record.model_class}), {naming} keys, float32, "
+         f"{size_text(size)}; strength {record.strength:g} folded in (load at LoRA strength 1.0)"),
     ]
     for kind, entry in kind_counts(saved).items():
         ranks = entry["ranks"]
@@ -350,12 +348,12 @@ def save_edit(record: EditRecord, filename_prefix: str, dense_rank: int = 0, den
               ) -> tuple[str, str, str]:
     """Write the edit as a new LoRA file; returns (name as LoraLoader lists it, path, report)."""
     if not isinstance(record, EditRecord):
-        raise ValueError("edit: connect the edit output of a UCE node")
+        raise TypeError("edit: connect the edit output of a UCE node")
     if not record.deltas:
         raise ValueError("edit: the edit changes no weights; there is nothing to save")
     if dense_rank < 0:
         raise InputError("dense_rank", f"must be 0 (exact) or a positive rank, not {dense_rank}")
-    if not 0.0 <= dense_energy <= 1.0 or dense_energy != dense_energy:
+    if math.isnan(dense_energy) or not 0.0 <= dense_energy <= 1.0:
         raise InputError("dense_energy", f"must be between 0 (off) and 1, not {dense_energy}")
     path, listed = target_path(filename_prefix)
     saved = {key: saved_delta(delta, float(record.strength), dense_rank, dense_energy)

@@ -13,14 +13,13 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
+from test_nodes import run_uce_outputs
 from uce_devtools import tiny_models
 from uce_devtools.graph import live_weights, run_node
 
-from test_nodes import run_uce_outputs
-
 PRESERVE = "Claude Monet\nRembrandt"
 # float32 files: the loaded weights agree with the UCE MODEL to float32 rounding of W + ΔW
-TOLERANCE = dict(rtol=0, atol=2e-6)
+TOLERANCE = {"rtol": 0, "atol": 2e-6}
 
 
 @pytest.fixture(scope="module")
@@ -223,8 +222,7 @@ def test_a_second_save_gets_a_new_file(pack, lora_dir, low_rank_edit):
     assert not [p for p in (lora_dir / "uce").iterdir() if p.name.startswith(".")], "a temporary file was left"
 
 
-def test_existing_file_is_never_overwritten(pack, lora_dir, low_rank_edit):
-    _, edit = low_rank_edit
+def test_existing_file_is_never_overwritten(pack, lora_dir):
     save_edit = pack.nodes.save_edit
     path = lora_dir / "taken.safetensors"
     path.write_bytes(b"not mine")
@@ -262,7 +260,7 @@ def test_flux_edit_round_trips_through_lora_loader(pack, lora_dir, tiny_family):
     flux = tiny_family("flux")
     edited, _, edit = run_uce_outputs(pack, "UCEEraseConcepts", flux.model, flux.clip, concepts="Van Gogh",
                                       preserve="a bicycle", expand_prompts=False, strength=0.8)
-    name, report = save(pack, edit, "uce/flux")
+    name, _ = save(pack, edit, "uce/flux")
     with safetensors.safe_open(str(lora_dir / name), "pt") as f:
         names = list(f.keys())
         metadata = f.metadata()
