@@ -38,6 +38,16 @@ def quote(text: str, limit: int = QUOTE_CHARS) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text):,} characters)"
 
 
+def validation_answer(check, values: Mapping):
+    """What a node's validate_inputs answers ComfyUI: True, or the message of the ValueError ``check(values)``
+    raises (ComfyUI answers the queued prompt with it, HTTP 400)."""
+    try:
+        check(values)
+    except ValueError as error:
+        return str(error)
+    return True
+
+
 def declared_inputs(input_types: Mapping) -> dict:
     """name -> (type, options) for the required and optional inputs of an INPUT_TYPES declaration."""
     declared = {}

@@ -36,11 +36,7 @@ class UCENode(io.ComfyNode):
     @classmethod
     def validation(cls, **values):
         """The answer to ComfyUI's validation: True, or the message /prompt answers with (HTTP 400)."""
-        try:
-            cls.check_values(values)
-        except ValueError as error:
-            return str(error)
-        return True
+        return input_checks.validation_answer(cls.check_values, values)
 
     @classmethod
     def validate_inputs(cls, **values):

@@ -418,11 +418,7 @@ class UCESaveEdit(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, **values):
         """ComfyUI's validation of a queued prompt: a bad value is an HTTP 400 naming the node and the input."""
-        try:
-            cls.check_values(values)
-        except ValueError as error:
-            return str(error)
-        return True
+        return input_checks.validation_answer(cls.check_values, values)
 
     @classmethod
     def execute(cls, edit, filename_prefix: str, dense_rank: int = 0, dense_energy: float = 0.0) -> io.NodeOutput:
