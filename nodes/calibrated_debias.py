@@ -186,7 +186,7 @@ class UCEDebiasCalibrated(UCENode):
                              tooltip="Height of the calibration images."),
                 io.Int.Input("images_per_round", default=10, min=1, max=1000,
                              tooltip="Images per profession and round; the observed share is over these."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Image i of every round and profession uses seed + i: fixed seed, same result."),
                 io.Float.Input("tolerance", default=PAPER_TOLERANCE, min=0.0, max=1.0, step=0.01,
                                tooltip="A profession is balanced when every share is within this of the desired "
