@@ -132,13 +132,16 @@ def run_calibration(model, clip, vae, classifier, values: dict):
             "\n".join(weights), "\n".join(attributes), "\n".join(", ".join(map(repr, w)) for w in weights.values()),
             values["use_templates"], "\n".join(kept), **solver_values,
         )
-        state["model"], _, record = run_edit(state["model"], clip, plan, settings)
+        state["model"], edit_report, record = run_edit(state["model"], clip, plan, settings)
         state["records"].append(record)
+        state["last_edit"] = edit_report.text()
         times(index)["solve"] += time.perf_counter() - started
 
     result = calibrate(professions, desired, observe, solve, values["tolerance"], values["max_rounds"])
     bar.update_absolute(bar.total)
     report = calibration_output.report_text(result, attributes, desired, state["times"], values["tolerance"])
+    if "last_edit" in state:
+        report += "\nlast round's edit:\n" + state["last_edit"]
     chart = calibration_output.render_chart(result, attributes, desired, values["tolerance"])
     grid = calibration_output.image_grid({p: state["images"].get(p) for p in professions})
     record = None

@@ -110,6 +110,7 @@ def test_node_end_to_end_with_tiny_classifier(pack, sd15, classifier):
                        **values(pack, professions="doctor", tolerance=0.0))
     edited, record, chart, report, grid = outputs
     assert "2 rounds, stopped at max_rounds" in report and "solve s | sample s | classify s" in report
+    assert "last round's edit:\nUCE debias on SD15" in report and "effect at strength" in report
     assert chart.ndim == 4 and chart.shape[0] == 1 and chart.shape[3] == 3
     assert tuple(grid.shape) == (1, 64, 64, 3)
     assert record.description["uce.method"] == "UCE debias (calibrated)"
