@@ -43,6 +43,10 @@ def browser_report(request, tmp_path_factory):
     shots = artifacts_dir("browser", frontend.id)
     # the models the workflows name, as empty files: the frontend finds each in the server's lists
     browser.add_model_placeholders(base, WORKFLOWS)
+    classifier = base / "models" / "uce_classifiers" / "clip-vit-base-patch32"  # UCE CLIP Classifier Loader lists it
+    classifier.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (classifier / name).touch()
     with ComfyServer.start(base, frontend=True, pack_name=PACK_NAME, extra_args=frontend.server_args(), timeout=240) as server:
         object_info = server.object_info()
         result = base / "browser-report.json"

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import safetensors
 from PIL import Image
-from uce_devtools import comfy_env, tiny_models
+from uce_devtools import comfy_env, tiny_classifier, tiny_models
 from uce_devtools import tiny_t5_families as t5f
 from uce_devtools import workflow_api as wf
 from uce_devtools.paths import CACHE_DIR, REPO_ROOT
@@ -101,6 +101,7 @@ def sd3_checkpoint(comfy) -> Path:
 def server(tmp_path_factory, checkpoint, sd3_checkpoint):
     base = tmp_path_factory.mktemp("comfy_server")
     log = base / "comfyui-server.log"
+    tiny_classifier.tiny_classifier(base / "models")  # for UCE CLIP Classifier Loader
     started = time.monotonic()
     srv = ComfyServer.start(
         base, checkpoints=[checkpoint, sd3_checkpoint], diffusion_models=[tiny_sd2_unet()], pack_name=PACK_NAME,
@@ -148,7 +149,11 @@ def derive(path: Path, object_info: dict, checkpoint: Path) -> dict:
     if wf.nodes_of_type(prompt, "KSampler"):
         wf.set_inputs(prompt, "KSampler", steps=TINY_STEPS)
     wf.fill_empty(prompt, ("UCEEraseConcepts", "UCEModerate"), "preserve", QUICK_ARTISTS)
-    wf.fill_empty(prompt, "UCEDebias", "preserve", QUICK_PROFESSIONS)
+    wf.fill_empty(prompt, ("UCEDebias", "UCEDebiasCalibrated"), "preserve", QUICK_PROFESSIONS)
+    if wf.nodes_of_type(prompt, "UCEDebiasCalibrated"):
+        wf.set_inputs(prompt, "UCEDebiasCalibrated", width=TINY_SIZE, height=TINY_SIZE, steps=TINY_STEPS,
+                      images_per_round=1, max_rounds=2)
+        wf.set_inputs(prompt, "UCEClassifierLoader", classifier_name=tiny_classifier.NAME)
     return prompt
 
 
@@ -197,6 +202,10 @@ def test_object_info_matches_the_node_classes(object_info, comfy):
     for class_name, node_class in pack.nodes.NODE_CLASSES.items():
         info = object_info[class_name]
         declared = json_round_trip(node_class.GET_NODE_INFO_V1())
+        if class_name == "UCEClassifierLoader":  # lists the folders of the server's models dir, not this process's
+            listed = info["input"]["required"]["classifier_name"][1]
+            assert listed["options"] == [tiny_classifier.NAME]
+            declared["input"]["required"]["classifier_name"][1]["options"] = listed["options"]
         for field in ("input", "input_order", "output", "output_name", "output_tooltips", "description", "category",
                       "display_name"):
             assert info[field] == declared[field], field  # types, defaults, ranges, tooltips, uce_guides …
@@ -225,12 +234,12 @@ def test_templates_browser_lists_every_workflow_with_its_thumbnail(server):
 
 
 # -- the example workflows -----------------------------------------------------------------------
-def test_there_are_the_twelve_example_workflows():
+def test_there_are_the_thirteen_example_workflows():
     assert {p.stem for p in WORKFLOWS} == {
         "uce_erase_artist_style", "uce_erase_object", "uce_moderate_nudity",
         "uce_debias_professions", "uce_erase_many_then_save", "uce_erase_flux", "uce_erase_sd35",
         "uce_erase_wan22_video", "uce_erase_hidream", "uce_probe_edit", "uce_erase_then_save_lora",
-        "uce_load_saved_edit",
+        "uce_load_saved_edit", "uce_debias_calibrated",
     }
 
 
