@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 from typing import Optional
 
 import torch
@@ -43,7 +45,8 @@ def run_edit_twice(pack, model, clip, artists: int, preserve: Optional[int]) -> 
     text_cache.ROW_CACHE.clear()
     preserve_set.clear_memo()
     runs = {}
-    with torch.inference_mode():
+    # "first" means nothing cached: not in RAM, and not in the preserve lists' disk cache either
+    with torch.inference_mode(), _disk_cache_off():
         for name in ("first", "repeated"):
             _, report, _ = runner.run_edit(model, clip, plan, settings)
             runs[name] = {
@@ -79,3 +82,17 @@ def group_dict(group) -> dict:
         "target_gap_remaining": effect.target_gap_remaining,
         "preserve_shift": effect.preserve_shift,
     }
+
+
+@contextlib.contextmanager
+def _disk_cache_off():
+    """The preserve lists' disk cache off (UCE_PRESERVE_CACHE_MB=0) for the duration."""
+    saved = os.environ.get("UCE_PRESERVE_CACHE_MB")
+    os.environ["UCE_PRESERVE_CACHE_MB"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["UCE_PRESERVE_CACHE_MB"]
+        else:
+            os.environ["UCE_PRESERVE_CACHE_MB"] = saved

@@ -7,11 +7,15 @@ Only <repo>/devtools goes on sys.path (for `uce_devtools`); never the repository
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # Idle OpenMP threads sleep instead of spinning: on this 2-core machine, two torch processes
 # running at once (e.g. two test runs) are otherwise 10x slower. Must precede `import torch`.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The preserve lists' disk cache goes to a folder of this test session, never the ComfyUI user folder
+# (servers started by the tests inherit it; tests of the cache itself set their own).
+os.environ.setdefault("UCE_PRESERVE_CACHE_DIR", tempfile.mkdtemp(prefix="uce-preserve-cache-"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEVTOOLS_DIR = REPO_ROOT / "devtools"
