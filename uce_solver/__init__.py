@@ -8,7 +8,23 @@ import anywhere in this package.
 from .deltas import Delta, DenseDelta, LowRankDelta, prefers_low_rank, storage_bytes
 from .edits import DebiasTargets, EditRows, GuideTargets, debias_edit, erase_edit
 from .effect import EditEffect, measure_effect
-from .prompts import TOKEN_MODES, EncodedPrompt, Segment, aligned_rows, check_token_mode, preserve_rows
+from .prompts import (
+    TOKEN_MODES,
+    EncodedPrompt,
+    Segment,
+    aligned_rows,
+    check_token_mode,
+    preserve_rows,
+)
+from .robust import (
+    HardenedSolution,
+    Hardening,
+    NullSpace,
+    adversarial_rows,
+    attack_residual,
+    harden,
+    null_space,
+)
 from .solver import GramAccumulator, NonFiniteEditError, Scales, Solution, solve
 
 __all__ = [
@@ -21,18 +37,25 @@ __all__ = [
     "EncodedPrompt",
     "GramAccumulator",
     "GuideTargets",
+    "HardenedSolution",
+    "Hardening",
     "LowRankDelta",
     "NonFiniteEditError",
+    "NullSpace",
     "Scales",
     "Segment",
     "Solution",
+    "adversarial_rows",
     "aligned_rows",
+    "attack_residual",
     "check_token_mode",
     "debias_edit",
     "erase_edit",
+    "harden",
     "measure_effect",
-    "preserve_rows",
+    "null_space",
     "prefers_low_rank",
+    "preserve_rows",
     "solve",
     "storage_bytes",
 ]

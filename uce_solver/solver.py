@@ -18,8 +18,9 @@ layer only needs ``up = V* - W0 C``. For erasing by replacement V* = W0 G, so
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Optional, Union
+from typing import Union
 
 import torch
 
@@ -109,9 +110,10 @@ def solve(
     edit: EditRows,
     preserve: PreserveRows = None,
     scales: Scales = Scales(),
-    progress: Optional[Progress] = None,
-    out_device: Optional[Union[str, torch.device]] = None,
-    out_dtype: Optional[torch.dtype] = None,
+    progress: Progress | None = None,
+    out_device: str | torch.device | None = None,
+    out_dtype: torch.dtype | None = None,
+    projector: torch.Tensor | None = None,
 ) -> Solution:
     """Closed-form UCE update for every weight in ``weights`` (key -> W0, [d_out, d]).
 
@@ -125,6 +127,10 @@ def solve(
     are handed there as soon as they are made (e.g. ComfyUI's offload device in
     the patch dtype), so the solving device never holds more than one group of
     them; the finiteness check runs after that cast.
+
+    With ``projector`` (a [d, d] orthogonal projector P, see :mod:`uce_solver.robust`) the same
+    objective is minimised over updates whose rows lie in P's range (ΔW = ΔW P):
+    ΔW = s_e (V* - W0 C) (C P)^T N^-1 with N = λ I + P (s_e C C^T + s_p P P^T) P.
     """
     scales.check()
     shapes = weight_shapes(weights)
@@ -140,7 +146,9 @@ def solve(
     # edit has at least d rows, else (V* - W0 C)^T down (m right-hand sides).
     use_map = isinstance(edit.targets, GuideTargets) and not all(low_rank.values()) and edit.count >= edit.width
     need_down = any(low_rank.values()) or not use_map
-    down, direction_map = _shared_factors(edit, preserved.gram, scales, need_down=need_down, need_map=use_map)
+    down, direction_map = _shared_factors(
+        edit, preserved.gram, scales, need_down=need_down, need_map=use_map, projector=projector
+    )
     down_c = None if down is None else down.to(dtype)
     map_c = None if direction_map is None else direction_map.to(dtype)
     out_dtype = out_dtype or dtype
@@ -175,14 +183,22 @@ def solve(
     )
 
 
-def _shared_factors(edit: EditRows, preserve_sum: torch.Tensor, scales: Scales, need_down: bool, need_map: bool):
+def _shared_factors(
+    edit: EditRows,
+    preserve_sum: torch.Tensor,
+    scales: Scales,
+    need_down: bool,
+    need_map: bool,
+    projector: torch.Tensor | None = None,
+):
     """The layer-independent factors, in float64, from one Cholesky factorisation of M.
 
     ``down = s_e C^T M^-1`` ([m, d]) for low-rank and generic dense updates, and for
     replacement erasing A = (G - C)^T down = s_e ((G - C)^T C) M^-1 ([d, d]),
     computed with d right-hand sides instead of m (cheaper when m > d). The Gram
     products run over chunks of rows, so only ``down`` needs all m rows in float64
-    (and it is only asked for when m is small enough for low-rank patches).
+    (and it is only asked for when m is small enough for low-rank patches). With a projector P, C is
+    replaced by C P in M and ``down``, and A by s_e ((G - C)^T C P) N^-1.
     """
     width = edit.width
     device = edit.inputs.device
@@ -194,8 +210,14 @@ def _shared_factors(edit: EditRows, preserve_sum: torch.Tensor, scales: Scales, 
         if cross is not None:
             guide = edit.targets.guide_rows[start : start + GRAM_CHUNK_ROWS].to(device, torch.float64)
             cross.addmm_(guide.T, chunk)
-    m_matrix = scales.preserve * preserve_sum.to(device)
-    m_matrix.add_(edit_gram, alpha=scales.erase)
+    projected_edit_gram = edit_gram
+    preserve_sum = preserve_sum.to(device)
+    if projector is not None:
+        projector = projector.to(device, torch.float64)
+        projected_edit_gram = projector @ edit_gram @ projector
+        preserve_sum = projector @ preserve_sum @ projector
+    m_matrix = scales.preserve * preserve_sum
+    m_matrix.add_(projected_edit_gram, alpha=scales.erase)
     m_matrix.diagonal().add_(scales.lamb)
     factor, info = torch.linalg.cholesky_ex(m_matrix)
     if info.item() != 0:
@@ -205,9 +227,14 @@ def _shared_factors(edit: EditRows, preserve_sum: torch.Tensor, scales: Scales, 
         )
     down = direction_map = None
     if need_down:
-        down = torch.cholesky_solve(edit.inputs.to(torch.float64).T.contiguous(), factor).T.mul_(scales.erase)
+        inputs = edit.inputs.to(torch.float64)
+        if projector is not None:
+            inputs = inputs @ projector
+        down = torch.cholesky_solve(inputs.T.contiguous(), factor).T.mul_(scales.erase)
     if need_map:
         cross.sub_(edit_gram)  # (G - C)^T C
+        if projector is not None:
+            cross = cross @ projector
         direction_map = torch.cholesky_solve(cross.T.contiguous(), factor).T.mul_(scales.erase)
     for name, factor_matrix in (("down", down), ("A", direction_map)):
         if factor_matrix is not None and not torch.isfinite(factor_matrix).all():
