@@ -59,6 +59,9 @@ def describe(plan, settings, family_name: str, base_fingerprint: str, pooled: bo
         "uce.token_mode": settings.token_mode,
         "uce.projections": settings.projections,
         "uce.pooled": "on" if pooled else "off",
+        "uce.preservation": settings.preservation
+        + (f" (threshold {settings.null_space_threshold:g})" if settings.preservation == "null_space" else ""),
+        "uce.hardening": json.dumps({"rounds": settings.hardening.rounds, "lamb_adv": settings.hardening.lamb}),
         "uce.family": family_name,
         "uce.base_weights_sha256": base_fingerprint,
         "uce.pack": f"{PACK_NAME} {pack_version()}",

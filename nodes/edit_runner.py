@@ -25,6 +25,7 @@ EDIT_MEMORY_FRACTION = 0.5
 # on the node; by more than the limit: refused (the preserved prompts would no longer be what they were).
 PRESERVE_SHIFT_WARNING = 0.25
 PRESERVE_SHIFT_LIMIT = 1.0
+PRESERVATION_MODES = ("paper", "null_space")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,9 @@ class EditSettings:
     scales: uce_solver.Scales = field(default_factory=uce_solver.Scales)
     strength: float = 1.0
     pooled: str = "auto"  # edit the pooled-text weights: auto (the family's default), on, off
+    preservation: str = "paper"  # paper: UCE's preserve term; null_space: the update also kept off the preserve rows
+    null_space_threshold: float = 0.01
+    hardening: uce_solver.Hardening = field(default_factory=lambda: uce_solver.Hardening(0, 1e-3))
 
     def __post_init__(self):
         uce_solver.check_token_mode(self.token_mode)
@@ -86,6 +90,13 @@ class EditSettings:
         if self.pooled not in model_weights.POOLED_CHOICES:
             raise ValueError(f"unknown pooled {self.pooled!r}; expected one of {', '.join(model_weights.POOLED_CHOICES)}")
         self.scales.check()
+        if self.preservation not in PRESERVATION_MODES:
+            raise ValueError(f"unknown preservation {self.preservation!r}; expected one of {', '.join(PRESERVATION_MODES)}")
+        if not 0 < self.null_space_threshold < 1:
+            raise ValueError(
+                f"null_space_threshold must be between 0 and 1 (exclusive), got {self.null_space_threshold}"
+            )
+        self.hardening.check()
 
     @classmethod
     def from_widgets(
@@ -127,6 +138,10 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
     device = _solve_device()
     groups = model_weights.text_map_groups(model, family, settings.projections, pooled, device)
     edit_texts = list(dict.fromkeys(plan.texts()))
+    if settings.hardening.rounds and not isinstance(plan, ErasePlan):
+        raise ValueError("hardening rounds apply to erase and moderate edits, not to debias")
+    if settings.preservation == "null_space" and "" not in edit_texts:
+        edit_texts.append("")  # its rows are kept exactly (the invariant of the null-space mode)
     _check_clip(clip, family, groups, model)
 
     checked = len(dict.fromkeys(edit_texts + settings.preserve))
@@ -252,17 +267,37 @@ def _check_results(results, plan: Plan) -> list[str]:
 def _solve_group(model, group, plan: Plan, encoded, kept, settings: EditSettings, device, progress):
     """One group's closed form and its measured effect: (deltas as patches of the whole weights, GroupResult)."""
     started = time.perf_counter()
-    edit = plan.build({text: group.rows_of(e) for text, e in encoded.items()}, settings.token_mode).to(device)
+    rows = {text: group.rows_of(e) for text, e in encoded.items()}
+    edit = plan.build(rows, settings.token_mode).to(device)
     weights = group.weights(model, device)
-    solution = uce_solver.solve(
+    space = None
+    if settings.preservation == "null_space":
+        invariant = uce_solver.preserve_rows(rows[""], settings.token_mode).to(device)
+        space = uce_solver.null_space(kept.gram.gram, settings.null_space_threshold, invariant)
+    hardened = uce_solver.harden(
         weights,
         edit,
         kept.gram,
         settings.scales,
-        progress,
+        settings.hardening,
+        projector=None if space is None else space.projector,
         out_device=model.offload_device,
         out_dtype=model_weights.patch_dtype(model, group.keys),
-    )
+        progress=progress,
+    ) if settings.hardening.rounds else None
+    if hardened is not None:
+        solution = hardened.solution
+    else:
+        solution = uce_solver.solve(
+            weights,
+            edit,
+            kept.gram,
+            settings.scales,
+            progress,
+            out_device=model.offload_device,
+            out_dtype=model_weights.patch_dtype(model, group.keys),
+            projector=None if space is None else space.projector,
+        )
     solved_at = time.perf_counter()
     # Measured on the patches as stored, so the report describes what sampling will use.
     effect = uce_solver.measure_effect(
@@ -279,6 +314,8 @@ def _solve_group(model, group, plan: Plan, encoded, kept, settings: EditSettings
         solve_seconds=solved_at - started,
         measure_seconds=time.perf_counter() - solved_at,
         map_label=group.text_map.label if group.layer is not None else "",
+        attack_residuals=() if hardened is None else hardened.residuals,
+        null_space=None if space is None else (space.directions, edit.width, space.energy),
     )
     return group.full_size(solution.deltas), result
 

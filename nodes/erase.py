@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import inputs, presets
+from .. import uce_solver
+from . import caption_prior, inputs, presets
 from .edit_runner import EditSettings, ErasePlan
 from .input_checks import InputError
 from .node_base import UCENode
 
+NUDITY_WORDS = ("nud", "naked", "nsfw")
 PRESERVE_SCALE_TOOLTIP = (
     "Weight s_p of keeping the preserve prompts' outputs unchanged. -1 = automatic, as the paper: "
     "max(0.1, 1 / number of preserve prompts)."
@@ -30,6 +32,9 @@ def erase_request(
     concept_type: str = "custom",
     expand_prompts: bool = False,
     label: str = "erase",
+    preserve_preset: str = "none",
+    harden_rounds: int = 0,
+    harden_lamb: float = -1.0,
     **solver_values,
 ) -> tuple[ErasePlan, EditSettings]:
     """Turn the node's widget values into an erase plan; raises ValueError on bad input.
@@ -52,13 +57,32 @@ def erase_request(
     preserve_list = presets.lines(preserve)
     if not preserve_list and preset.preserve_list:
         preserve_list = list(presets.shipped_list(preset.preserve_list))
+    if preserve_preset not in inputs.PRESERVE_PRESETS:
+        raise InputError("preserve_preset", f"unknown preset {preserve_preset!r}; expected one of "
+                         f"{', '.join(inputs.PRESERVE_PRESETS)}")
+    if preserve_preset == "captions":
+        preserve_list += list(caption_prior.caption_prompts())
     settings = EditSettings.from_widgets(
         preserve_list,
         concept_list,
         lambda count: max(0.1, 1 / count),  # the paper's automatic preserve scale
+        hardening=hardening(label, concept_list, harden_rounds, harden_lamb),
         **solver_values,
     )
     return ErasePlan(pairs, label=label, origins=origins), settings
+
+
+def hardening(label: str, concepts: list[str], rounds: int, lamb: float) -> uce_solver.Hardening:
+    """The hardening settings, -1 meaning RECE's defaults: nudity 3 rounds with lambda_adv 0.1, other
+    moderated concepts 2 rounds, erased artists and objects 1 round, lambda_adv 0.001."""
+    nudity = label == "moderate" and any(word in c.lower() for c in concepts for word in NUDITY_WORDS)
+    if rounds < 0:
+        rounds = 3 if nudity else 2 if label == "moderate" else 1
+    if lamb < 0:
+        lamb = 0.1 if nudity else 1e-3
+    if rounds and not lamb > 0:
+        raise InputError("harden_lamb", f"must be above 0 (or -1 for RECE's default), got {lamb}")
+    return uce_solver.Hardening(rounds, lamb)
 
 
 def moderate_request(concepts: str, preserve: str, **solver_values) -> tuple[ErasePlan, EditSettings]:
@@ -115,6 +139,7 @@ class UCEEraseConcepts(UCENode):
                 ),
                 *inputs.common_solver_inputs(1.0, -1.0, PRESERVE_SCALE_TOOLTIP),
                 *inputs.optional_inputs(),
+                *inputs.robust_erase_inputs(),
             ],
             outputs=inputs.outputs(),
         )
@@ -153,6 +178,7 @@ class UCEModerate(UCENode):
                     "max(0.1, 1 / number of preserve prompts).",
                 ),
                 *inputs.optional_inputs(),
+                *inputs.robust_erase_inputs(),
             ],
             outputs=inputs.outputs(),
         )

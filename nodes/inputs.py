@@ -6,7 +6,10 @@ from comfy_api.latest import io
 
 from ..uce_solver import TOKEN_MODES
 from .edit_record import EDIT_TYPE
+from .edit_runner import PRESERVATION_MODES
 from .model_weights import POOLED_CHOICES, PROJECTIONS
+
+PRESERVE_PRESETS = ("none", "captions")
 
 CATEGORY = "conditioning/uce"
 Edit = io.Custom(EDIT_TYPE)
@@ -110,5 +113,59 @@ def outputs() -> list:
             display_name="edit",
             tooltip="The edit itself (its weight updates and what made them), for UCE Save Edit (a LoRA file) or "
             "UCE Probe.",
+        ),
+    ]
+
+
+def robust_erase_inputs() -> list:
+    """Beyond the paper (optional, off by default, so older workflows and API prompts are unchanged)."""
+    return [
+        io.Combo.Input(
+            "preserve_preset",
+            options=list(PRESERVE_PRESETS),
+            default="none",
+            optional=True,
+            tooltip="captions: also preserve the pack's generic caption prior (3,000 everyday scene prompts made "
+            "from templates), so general images stay as they were, as MACE does with a caption prior. Slower the "
+            "first time (it is encoded once, then cached on disk).",
+        ),
+        io.Combo.Input(
+            "preservation",
+            options=list(PRESERVATION_MODES),
+            default="paper",
+            optional=True,
+            tooltip="paper: UCE's preserve term. null_space: also confine the update to the directions the "
+            "preserve rows barely use (after SPEED), and keep the unconditional prompt's outputs exactly: "
+            "stricter preservation, possibly weaker erasure.",
+        ),
+        io.Float.Input(
+            "null_space_threshold",
+            default=0.01,
+            min=1e-6,
+            max=0.999,
+            step=0.001,
+            optional=True,
+            tooltip="null_space only: input directions whose preserve energy (eigenvalue) is at most this fraction "
+            "of the largest are free to change. Smaller = stricter preservation, fewer free directions.",
+        ),
+        io.Int.Input(
+            "harden_rounds",
+            default=0,
+            min=-1,
+            max=10,
+            optional=True,
+            tooltip="Hardening against adversarial prompts (after RECE): each round finds the input embedding that "
+            "still reproduces the erased concept best and erases it too. 0 = off; -1 = RECE's defaults (nudity 3, "
+            "other moderated concepts 2, erased artists and objects 1). Each round costs one more solve.",
+        ),
+        io.Float.Input(
+            "harden_lamb",
+            default=-1.0,
+            min=-1.0,
+            max=100.0,
+            step=0.001,
+            optional=True,
+            tooltip="Regulariser lambda_adv of the adversarial embedding. -1 = RECE's defaults (0.1 for nudity, "
+            "0.001 otherwise).",
         ),
     ]

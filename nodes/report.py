@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Optional
 
 from ..uce_solver import EditEffect
 
@@ -23,6 +24,8 @@ class GroupResult:
     measure_seconds: float
     map_label: str = ""  # the family-table map it belongs to, when a map is solved per source layer
     layers: int = 1  # source layers merged into this result (see by_map)
+    attack_residuals: tuple[float, ...] = ()  # hardening: before the first round, then after each round
+    null_space: Optional[tuple[int, int, float]] = None  # null-space mode: (directions, width, preserve energy in them)
 
 
 def by_map(groups) -> list[GroupResult]:
@@ -104,6 +107,18 @@ class EditReport:
                 lines.append(
                     f"preserved rows moved by {100 * effect.preserve_shift:.2f}% of their {group.label} output norm "
                     f"({effect.preserve_rows} rows measured{worst})"
+                )
+            if group.null_space is not None:
+                directions, width, energy = group.null_space
+                lines.append(
+                    f"null space: the {group.label} update uses {directions} of {width} input directions, which hold "
+                    f"{100 * energy:.3g}% of the preserve rows' energy (the unconditional prompt's rows kept exactly)"
+                )
+            if group.attack_residuals:
+                rounds = " -> ".join(f"{100 * r:.1f}%" for r in group.attack_residuals)
+                lines.append(
+                    f"hardening on the {group.label}: the best adversarial input reproduces the concept's original "
+                    f"outputs within {rounds} (plain edit -> after each round; larger = more robust)"
                 )
         lines.extend(self.notes)
         return "\n".join(lines)
