@@ -234,12 +234,12 @@ def test_templates_browser_lists_every_workflow_with_its_thumbnail(server):
 
 
 # -- the example workflows -----------------------------------------------------------------------
-def test_there_are_the_thirteen_example_workflows():
+def test_there_are_the_fourteen_example_workflows():
     assert {p.stem for p in WORKFLOWS} == {
         "uce_erase_artist_style", "uce_erase_object", "uce_moderate_nudity",
         "uce_debias_professions", "uce_erase_many_then_save", "uce_erase_flux", "uce_erase_sd35",
         "uce_erase_wan22_video", "uce_erase_hidream", "uce_probe_edit", "uce_erase_then_save_lora",
-        "uce_load_saved_edit", "uce_debias_calibrated",
+        "uce_load_saved_edit", "uce_debias_calibrated", "uce_moderate_nudity_hardened",
     }
 
 
