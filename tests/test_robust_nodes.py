@@ -63,14 +63,22 @@ def test_hardened_edit_scales_with_strength_and_stacks_with_a_lora(pack, sd15, t
     assert any(len(stacked.patches[k]) > len(full.patches.get(k, [])) for k in stacked.patches)
 
 
-def test_null_space_and_hardening_work_on_a_dit_family(pack, tiny_family):
-    flux = tiny_family("flux")
+FAMILIES = (
+    "flux", "chroma", "sd3", "qwen_image", "z_image", "lumina2", "flux2", "wan21_t2v", "wan22_ti2v", "ltxv",
+    "pixart_alpha", "cosmos_predict2", "hidream", "hunyuan_dit",
+)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_null_space_and_hardening_work_on_every_dit_family(pack, tiny_family, name):
+    built = tiny_family(name)
     _, report = run_uce(
-        pack, "UCEEraseConcepts", flux.model, flux.clip, concepts="a red car", concept_type="custom", guide="a car",
+        pack, "UCEEraseConcepts", built.model, built.clip, concepts="a red car", concept_type="custom", guide="a car",
         preserve="a dog\na house", preservation="null_space", harden_rounds=1,
     )
     assert "null space: the " in report
-    assert len(residuals(report)) == 2
+    values = residuals(report)
+    assert len(values) == 2 and all(v >= 0 for v in values)
 
 
 @pytest.mark.parametrize(
@@ -89,3 +97,12 @@ def test_bad_robust_settings_are_refused_naming_the_input(pack, sd15, values, na
     model, clip, _ = sd15
     with pytest.raises(ValueError, match=named):
         run_uce(pack, "UCEEraseConcepts", model, clip, **ERASE, **values)
+
+
+def test_null_space_and_hardening_on_sdxl_with_its_pooled_weights(pack, sdxl_family):
+    _, report = run_uce(
+        pack, "UCEEraseConcepts", sdxl_family.model, sdxl_family.clip, concepts="a red car", concept_type="custom",
+        guide="a car", preserve="a dog\na house", preservation="null_space", harden_rounds=1, pooled="on",
+    )
+    assert report.count("null space: the ") == 2  # cross-attention and the pooled vector's weights
+    assert report.count("hardening on the ") == 2
