@@ -98,12 +98,12 @@ def naive_residual(weights, deltas, concept, adversarial):
 def test_adversarial_embedding_and_attack_residual_match_the_naive_formulas(solver):
     weights, concept, guide, kept = make_case(4)
     solution = solver.solve(weights, edit_rows(solver, concept, guide), kept, solver.Scales())
-    sums = solver.robust.WeightSums(weights, concept.device)
+    sums = solver.robust.WeightSums(weights, concept.device).edited(solution.deltas)
     for lamb in (1e-3, 0.1):
-        got = solver.adversarial_rows(sums, solution.deltas, concept, lamb)
+        got = solver.adversarial_rows(sums, concept, lamb)
         expected = naive_adversarial(weights, solution.deltas, concept, lamb)
         assert torch.allclose(got, expected, rtol=1e-8, atol=1e-10)
-        residual = solver.attack_residual(sums, solution.deltas, concept, got)
+        residual = solver.attack_residual(sums, concept, got)
         assert residual == pytest.approx(naive_residual(weights, solution.deltas, concept, got), rel=1e-8)
 
 

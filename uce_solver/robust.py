@@ -96,8 +96,8 @@ class WeightSums:
             w = weights[key].to(device, torch.float64)
             self.base.addmm_(w.T, w)
 
-    def edited(self, deltas: Mapping[str, Delta]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum W'^T W0, sum W'^T W')."""
+    def edited(self, deltas: Mapping[str, Delta]) -> "EditedSums":
+        """Sums of W'^T W0 and W'^T W' for ``deltas``."""
         mixed = torch.zeros_like(self.base)  # sum ΔW^T W0
         square = torch.zeros_like(self.base)  # sum ΔW^T ΔW
         for key, delta in deltas.items():
@@ -110,29 +110,33 @@ class WeightSums:
                 d = delta.dense().to(self.device, torch.float64)
                 mixed.addmm_(d.T, w)
                 square.addmm_(d.T, d)
-        cross = self.base + mixed
-        return cross, self.base + mixed + mixed.T + square
+        return EditedSums(self.base, self.base + mixed, self.base + mixed + mixed.T + square)
 
 
-def adversarial_rows(sums: WeightSums, deltas: Mapping[str, Delta], concept: torch.Tensor, lamb: float) -> torch.Tensor:
+@dataclass(frozen=True)
+class EditedSums:
+    """For one update, over the edited maps: ``base`` = sum W0^T W0, ``cross`` = sum W'^T W0, ``square`` = sum W'^T W'."""
+
+    base: torch.Tensor
+    cross: torch.Tensor
+    square: torch.Tensor
+
+
+def adversarial_rows(sums: EditedSums, concept: torch.Tensor, lamb: float) -> torch.Tensor:
     """RECE's closed-form embedding per concept row c: c' = (sum W'^T W' + λ_adv I)^-1 sum W'^T W0 c,
     the input that makes the edited maps reproduce the concept's original outputs best."""
-    cross, square = sums.edited(deltas)
-    square.diagonal().add_(lamb)
-    rows = concept.to(sums.device, torch.float64)
-    return torch.linalg.solve(square, cross @ rows.T).T
+    square = sums.square + lamb * torch.eye(len(sums.square), dtype=sums.square.dtype, device=sums.square.device)
+    rows = concept.to(square.device, torch.float64)
+    return torch.linalg.solve(square, sums.cross @ rows.T).T
 
 
-def attack_residual(
-    sums: WeightSums, deltas: Mapping[str, Delta], concept: torch.Tensor, adversarial: torch.Tensor
-) -> float:
+def attack_residual(sums: EditedSums, concept: torch.Tensor, adversarial: torch.Tensor) -> float:
     """sqrt(sum_l ||W'_l c' - W0_l c||^2 / sum_l ||W0_l c||^2) over all rows: how far the best adversarial
     embedding stays from the concept's original outputs (larger = more robust)."""
-    cross, square = sums.edited(deltas)
-    c = concept.to(sums.device, torch.float64)
-    a = adversarial.to(sums.device, torch.float64)
+    c = concept.to(sums.base.device, torch.float64)
+    a = adversarial.to(sums.base.device, torch.float64)
     original = ((c @ sums.base) * c).sum()
-    error = ((a @ square) * a).sum() - 2 * ((a @ cross) * c).sum() + original
+    error = ((a @ sums.square) * a).sum() - 2 * ((a @ sums.cross) * c).sum() + original
     return float((error.clamp_min(0) / original).sqrt()) if original > 0 else 0.0
 
 
@@ -171,8 +175,9 @@ def harden(
             out_dtype=out_dtype if last else None,
             projector=projector,
         )
-        adversarial = adversarial_rows(sums, solution.deltas, edit.inputs, hardening.lamb)
-        residuals.append(attack_residual(sums, solution.deltas, edit.inputs, adversarial))
+        edited = sums.edited(solution.deltas)
+        adversarial = adversarial_rows(edited, edit.inputs, hardening.lamb)
+        residuals.append(attack_residual(edited, edit.inputs, adversarial))
         if last:
             return HardenedSolution(solution, tuple(residuals))
         current = EditRows(
