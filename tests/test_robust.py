@@ -142,3 +142,92 @@ def test_hardening_refuses_bad_settings_and_debias_edits(solver):
     )
     with pytest.raises(ValueError, match="not to debias"):
         solver.harden(weights, debias, kept, solver.Scales(), solver.Hardening(rounds=1, lamb=1e-3))
+
+
+def prompts_of(kept, sizes=(1, 2, 3, 4)):
+    """The preserve rows cut into prompts of varying row counts."""
+    prompts, start, i = [], 0, 0
+    while start < len(kept):
+        prompts.append(kept[start : start + sizes[i % len(sizes)]])
+        start += sizes[i % len(sizes)]
+        i += 1
+    return prompts
+
+
+def test_prior_filtering_keeps_the_prompts_the_unconstrained_update_moves_more_than_the_average_row(solver):
+    weights, concept, guide, kept = make_case(7)
+    prompts = prompts_of(kept)
+    scales = solver.Scales(erase=1.0, preserve=0.5, lamb=0.5)
+    eye = torch.eye(WIDTH, dtype=torch.float64)
+    unconstrained = {k: naive_null_space_delta(w, concept, guide, kept, eye, 1.0, 0.0, 0.5) for k, w in weights.items()}
+
+    def moved(p):  # mean over the prompt's rows of sum_l ||ΔW_l p||^2
+        return float(sum((d @ p.T).square().sum() for d in unconstrained.values()) / len(p))
+
+    average = moved(kept)
+    chosen = [p for p in prompts if moved(p) > average]
+    assert 0 < len(chosen) < len(prompts)
+    invariant = kept[:1]
+    got = solver.prior.prior_null_space(
+        weights, edit_rows(solver, concept, guide), kept.T @ kept, len(kept), iter(prompts),
+        solver.PriorOptions(filtering=True), 0.05, scales, invariant,
+    )
+    assert (got.prompts, got.kept, got.augmented_rows) == (len(prompts), len(chosen), 0)
+    expected = naive_projector(torch.cat(chosen), 0.05, invariant)
+    assert torch.allclose(got.space.projector, expected, atol=1e-9)
+    # fewer prompts define it: the update may use at least as many directions as with all of them
+    assert got.space.directions >= solver.null_space(kept.T @ kept, 0.05, invariant).directions
+    square = solver.prior.update_gram(solver.solve(weights, edit_rows(solver, concept, guide), None, solver.Scales(
+        erase=1.0, preserve=0.0, lamb=0.5)).deltas, WIDTH, kept.device)
+    for p in prompts[:5]:
+        assert solver.prior.influence(square, p) == pytest.approx(moved(p), rel=1e-9)
+
+
+def test_prior_augmentation_adds_copies_along_the_weights_weakest_directions(solver):
+    weights, concept, guide, kept = make_case(8)
+    weight_gram = sum(w.T @ w for w in weights.values())
+    directions = solver.prior.weak_directions(weight_gram, 0.05)
+    values, vectors = torch.linalg.eigh(weight_gram)
+    count = int((values.cumsum(0) <= 0.05 * values.sum()).sum())
+    assert directions.shape == (WIDTH, max(1, count))
+    assert torch.allclose((directions @ directions.T), vectors[:, : max(1, count)] @ vectors[:, : max(1, count)].T, atol=1e-9)
+    rows = kept[:5]
+    copies = solver.prior.augmented_rows(rows, directions, 3, 0.1, torch.Generator().manual_seed(0))
+    assert copies.shape == (15, WIDTH)
+    moves = copies.reshape(3, 5, WIDTH) - rows
+    assert torch.allclose(moves.norm(dim=-1), 0.1 * rows.norm(dim=-1).expand(3, 5), rtol=1e-9)
+    assert torch.allclose(moves @ directions @ directions.T, moves, atol=1e-12)  # only along the weak directions
+    # so the original outputs barely change: less than a random move of the same size changes them
+    random_moves = torch.randn(3, 5, WIDTH, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    random_moves = random_moves / random_moves.norm(dim=-1, keepdim=True) * moves.norm(dim=-1, keepdim=True)
+    assert (moves @ weight_gram * moves).sum() < 0.5 * (random_moves @ weight_gram * random_moves).sum()
+    # the null space of the augmented set: the naive projector of the rows plus the same copies
+    prompts = prompts_of(kept)
+    options = solver.PriorOptions(augmentation=2, scale=0.1, seed=4)
+    got = solver.prior.prior_null_space(
+        weights, edit_rows(solver, concept, guide), kept.T @ kept, len(kept), iter(prompts), options, 0.05,
+        solver.Scales(),
+    )
+    generator = torch.Generator().manual_seed(4)
+    augmented = torch.cat([torch.cat([p, solver.prior.augmented_rows(p, directions, 2, 0.1, generator)]) for p in prompts])
+    assert got.augmented_rows == 2 * len(kept)
+    values, vectors = torch.linalg.eigh(augmented.T @ augmented)
+    basis = vectors[:, values <= 0.05 * values.max()]
+    assert torch.allclose(got.space.projector, basis @ basis.T, atol=1e-9)
+    # covering the copies too, the update keeps off at least the directions plain null space keeps off
+    plain = solver.null_space(kept.T @ kept, 0.05)
+    assert got.space.directions <= plain.directions
+
+
+def test_prior_options_refuse_bad_values(solver):
+    weights, concept, guide, kept = make_case(9)
+    for options, message in (
+        (solver.PriorOptions(augmentation=-1), "0 to 16 copies"),
+        (solver.PriorOptions(augmentation=17), "0 to 16 copies"),
+        (solver.PriorOptions(augmentation=1, scale=0.0), "scale must be above 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            solver.prior.prior_null_space(
+                weights, edit_rows(solver, concept, guide), kept.T @ kept, len(kept), [kept], options, 0.05,
+                solver.Scales(),
+            )

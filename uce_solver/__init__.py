@@ -16,6 +16,7 @@ from .prompts import (
     check_token_mode,
     preserve_rows,
 )
+from .prior import PriorOptions, PriorSpace, prior_null_space
 from .robust import (
     HardenedSolution,
     Hardening,
@@ -43,6 +44,8 @@ __all__ = [
     "NonFiniteEditError",
     "NullSpace",
     "Scales",
+    "PriorOptions",
+    "PriorSpace",
     "Segment",
     "Solution",
     "adversarial_rows",
@@ -56,6 +59,7 @@ __all__ = [
     "null_space",
     "prefers_low_rank",
     "preserve_rows",
+    "prior_null_space",
     "solve",
     "storage_bytes",
 ]
