@@ -110,14 +110,17 @@ def prior_null_space(
 ) -> PriorSpace:
     """The null space of the preserve prompts in ``prompt_rows`` (each a [rows, d] tensor, streamed),
     filtered and augmented as ``options`` say. ``preserve_gram`` and ``preserve_row_count`` describe all
-    of them (the average influence comes from them, before the stream)."""
+    of them: the average influence comes from them, before the stream, and ``threshold`` is relative to
+    their Gram's largest eigenvalue, so that filtering can only free directions and augmentation only
+    take them away."""
     options.check()
     device = edit.inputs.device
+    gram = preserve_gram.to(device, torch.float64)
+    largest = float(torch.linalg.eigvalsh((gram + gram.T) / 2)[-1])
     square = average = directions = generator = None
     if options.filtering:
         unconstrained = solve(weights, edit, None, Scales(erase=scales.erase, preserve=0.0, lamb=scales.lamb))
         square = update_gram(unconstrained.deltas, edit.width, device)
-        gram = preserve_gram.to(device, torch.float64)
         average = float((square * gram).sum()) / max(1, preserve_row_count)  # trace(S G) / rows
     if options.augmentation:
         directions = weak_directions(WeightSums(weights, device).base, threshold)
@@ -135,4 +138,4 @@ def prior_null_space(
             copies = augmented_rows(p, directions, options.augmentation, options.scale, generator)
             kept_gram.addmm_(copies.T, copies)
             added += copies.shape[0]
-    return PriorSpace(null_space(kept_gram, threshold, invariant_rows), prompts, kept, added)
+    return PriorSpace(null_space(kept_gram, threshold, invariant_rows, largest), prompts, kept, added)

@@ -36,19 +36,22 @@ class NullSpace:
 
 
 def null_space(
-    preserve_gram: torch.Tensor, threshold: float, invariant_rows: torch.Tensor | None = None
+    preserve_gram: torch.Tensor,
+    threshold: float,
+    invariant_rows: torch.Tensor | None = None,
+    largest: float | None = None,
 ) -> NullSpace:
     """The approximate null space of the preserve rows: eigenvectors of their Gram matrix sum p p^T
-    whose eigenvalue is at most ``threshold`` (in (0, 1)) times the largest, minus the span of
-    ``invariant_rows`` (e.g. the unconditional prompt's rows), whose outputs then stay exactly as
-    they were.
+    whose eigenvalue is at most ``threshold`` (in (0, 1)) times the largest (or times ``largest``,
+    the largest of another Gram that sets the scale), minus the span of ``invariant_rows`` (e.g. the
+    unconditional prompt's rows), whose outputs then stay exactly as they were.
     """
     if not 0 < threshold < 1:
         raise ValueError(f"the null-space threshold must be between 0 and 1 (exclusive), got {threshold}")
     gram = preserve_gram.to(torch.float64)
     gram = (gram + gram.T) / 2
     values, vectors = torch.linalg.eigh(gram)
-    largest = values[-1].clamp_min(0)
+    largest = values[-1].clamp_min(0) if largest is None else max(0.0, largest)
     basis = vectors[:, values <= threshold * largest]
     projector = basis @ basis.T
     if invariant_rows is not None and invariant_rows.numel():
