@@ -59,8 +59,7 @@ def describe(plan, settings, family_name: str, base_fingerprint: str, pooled: bo
         "uce.token_mode": settings.token_mode,
         "uce.projections": settings.projections,
         "uce.pooled": "on" if pooled else "off",
-        "uce.preservation": settings.preservation
-        + (f" (threshold {settings.null_space_threshold:g})" if settings.preservation == "null_space" else ""),
+        "uce.preservation": _preservation(settings),
         "uce.hardening": json.dumps({"rounds": settings.hardening.rounds, "lamb_adv": settings.hardening.lamb}),
         "uce.family": family_name,
         "uce.base_weights_sha256": base_fingerprint,
@@ -96,3 +95,15 @@ def pack_version() -> str:
         return tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
     except (OSError, KeyError, ValueError):
         return "unknown"
+
+
+def _preservation(settings) -> str:
+    """"paper", or "null_space (threshold t[, prior filtering][, prior augmentation n])"."""
+    if settings.preservation != "null_space":
+        return settings.preservation
+    parts = [f"threshold {settings.null_space_threshold:g}"]
+    if settings.prior_filtering:
+        parts.append("prior filtering")
+    if settings.prior_augmentation:
+        parts.append(f"prior augmentation {settings.prior_augmentation}")
+    return f"null_space ({', '.join(parts)})"

@@ -80,6 +80,8 @@ class EditSettings:
     preservation: str = "paper"  # paper: UCE's preserve term; null_space: the update also kept off the preserve rows
     null_space_threshold: float = 0.01
     hardening: uce_solver.Hardening = field(default_factory=lambda: uce_solver.Hardening(0, 1e-3))
+    prior_filtering: bool = False  # null_space: only the preserve prompts the edit would move more than average
+    prior_augmentation: int = 0  # null_space: perturbed copies of each kept preserve row
 
     def __post_init__(self):
         uce_solver.check_token_mode(self.token_mode)
@@ -97,6 +99,18 @@ class EditSettings:
                 f"null_space_threshold must be between 0 and 1 (exclusive), got {self.null_space_threshold}"
             )
         self.hardening.check()
+        if not 0 <= self.prior_augmentation <= uce_solver.prior.MAX_AUGMENTATION:
+            raise ValueError(
+                f"prior_augmentation must be 0 to {uce_solver.prior.MAX_AUGMENTATION} copies, got {self.prior_augmentation}"
+            )
+        if self.prior_options().active and self.preservation != "null_space":
+            raise ValueError(
+                "prior_filtering and prior_augmentation choose the rows that define the null space: set "
+                "preservation to null_space, or turn them off"
+            )
+
+    def prior_options(self) -> uce_solver.PriorOptions:
+        return uce_solver.PriorOptions(filtering=self.prior_filtering, augmentation=self.prior_augmentation)
 
     @classmethod
     def from_widgets(
@@ -171,8 +185,13 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
     deltas: dict = {}
     results = []
     done = checked + encode_steps
+    def preserve_prompts():  # the preserve prompts again, one by one (from the text cache when they fit in it)
+        return text_rows.iter_encoded(clip, settings.preserve, family=family, pooled=needs_pooled)
+
     for group, kept in zip(groups, preserved):
-        group_deltas, result = _solve_group(model, group, plan, encoded, kept, settings, device, progress.phase(done))
+        group_deltas, result = _solve_group(
+            model, group, plan, encoded, kept, settings, device, progress.phase(done), preserve_prompts
+        )
         done += len(group.keys)
         deltas.update(group_deltas)
         results.append(result)
@@ -264,16 +283,15 @@ def _check_results(results, plan: Plan) -> list[str]:
     return warnings
 
 
-def _solve_group(model, group, plan: Plan, encoded, kept, settings: EditSettings, device, progress):
+def _solve_group(model, group, plan: Plan, encoded, kept, settings: EditSettings, device, progress, preserve_prompts):
     """One group's closed form and its measured effect: (deltas as patches of the whole weights, GroupResult)."""
     started = time.perf_counter()
     rows = {text: group.rows_of(e) for text, e in encoded.items()}
     edit = plan.build(rows, settings.token_mode).to(device)
     weights = group.weights(model, device)
-    space = None
+    space = prior = None
     if settings.preservation == "null_space":
-        invariant = uce_solver.preserve_rows(rows[""], settings.token_mode).to(device)
-        space = uce_solver.null_space(kept.gram.gram, settings.null_space_threshold, invariant)
+        space, prior = _null_space(group, weights, edit, rows[""], kept, settings, preserve_prompts)
     hardened = uce_solver.harden(
         weights,
         edit,
@@ -316,8 +334,23 @@ def _solve_group(model, group, plan: Plan, encoded, kept, settings: EditSettings
         map_label=group.text_map.label if group.layer is not None else "",
         attack_residuals=() if hardened is None else hardened.residuals,
         null_space=None if space is None else (space.directions, edit.width, space.energy),
+        prior=None if prior is None else (prior.prompts, prior.kept, prior.augmented_rows),
     )
     return group.full_size(solution.deltas), result
+
+
+def _null_space(group, weights, edit, unconditional, kept, settings: EditSettings, preserve_prompts):
+    """The null space of the preserve rows, minus the unconditional prompt's rows: (NullSpace, PriorSpace or None)."""
+    invariant = uce_solver.preserve_rows(unconditional, settings.token_mode).to(edit.inputs.device)
+    options = settings.prior_options()
+    if not options.active:
+        return uce_solver.null_space(kept.gram.gram, settings.null_space_threshold, invariant), None
+    prompt_rows = (uce_solver.preserve_rows(group.rows_of(e), settings.token_mode) for e in preserve_prompts())
+    prior = uce_solver.prior_null_space(
+        weights, edit, kept.gram.gram, kept.gram.rows, prompt_rows, options, settings.null_space_threshold,
+        settings.scales, invariant,
+    )
+    return prior.space, prior
 
 
 def _notes(family, settings: EditSettings, pooled: bool, groups) -> list[str]:

@@ -148,6 +148,24 @@ def robust_erase_inputs() -> list:
             tooltip="null_space only: input directions whose preserve energy (eigenvalue) is at most this fraction "
             "of the largest are free to change. Smaller = stricter preservation, fewer free directions.",
         ),
+        io.Boolean.Input(
+            "prior_filtering",
+            default=False,
+            optional=True,
+            tooltip="null_space only (after SPEED): build the null space from the preserve prompts this edit would "
+            "move more than average, not from all of them: more room for the edit, the others protected by the "
+            "preserve term alone. Costs one more solve and a second pass over the preserve prompts.",
+        ),
+        io.Int.Input(
+            "prior_augmentation",
+            default=0,
+            min=0,
+            max=16,
+            optional=True,
+            tooltip="null_space only (after SPEED): also keep off the directions of this many perturbed copies of "
+            "each preserve row, moved along the inputs the weights barely read, so prompts near the preserved ones "
+            "are protected too: stricter preservation, possibly weaker erasure. 0 = off.",
+        ),
         io.Int.Input(
             "harden_rounds",
             default=0,

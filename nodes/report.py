@@ -26,6 +26,7 @@ class GroupResult:
     layers: int = 1  # source layers merged into this result (see by_map)
     attack_residuals: tuple[float, ...] = ()  # hardening: before the first round, then after each round
     null_space: Optional[tuple[int, int, float]] = None  # null-space mode: (directions, width, preserve energy in them)
+    prior: Optional[tuple[int, int, int]] = None  # prior filtering/augmentation: (prompts, kept, rows added)
 
 
 def by_map(groups) -> list[GroupResult]:
@@ -113,6 +114,12 @@ class EditReport:
                 lines.append(
                     f"null space: the {group.label} update uses {directions} of {width} input directions, which hold "
                     f"{100 * energy:.3g}% of the preserve rows' energy (the unconditional prompt's rows kept exactly)"
+                )
+            if group.prior is not None:
+                prompts, kept, added = group.prior
+                lines.append(
+                    f"null space of the {group.label} from {kept} of {prompts} preserve prompts (those the edit "
+                    f"would move more than average, if filtered) and {added} perturbed copies of their rows"
                 )
             if group.attack_residuals:
                 rounds = " -> ".join(f"{100 * r:.1f}%" for r in group.attack_residuals)

@@ -31,6 +31,25 @@ def test_null_space_keeps_the_unconditional_outputs_exactly_and_moves_preserved_
         assert torch.linalg.norm(d @ kept.T) < plain_drift
 
 
+def directions(report: str) -> int:
+    return int(re.search(r"update uses (\d+) of", report).group(1))
+
+
+def test_prior_filtering_frees_directions_and_prior_augmentation_takes_them_away(pack, sd15):
+    model, clip, _ = sd15
+    _, plain = run_uce(pack, "UCEEraseConcepts", model, clip, preservation="null_space", **ERASE)
+    _, filtered, record = run_uce_outputs(
+        pack, "UCEEraseConcepts", model, clip, preservation="null_space", prior_filtering=True, **ERASE
+    )
+    _, augmented = run_uce(pack, "UCEEraseConcepts", model, clip, preservation="null_space", prior_augmentation=2, **ERASE)
+    kept = re.search(r"from (\d+) of (\d+) preserve prompts .* and (\d+) perturbed", filtered)
+    assert 0 < int(kept.group(1)) < int(kept.group(2)) == 5 and kept.group(3) == "0"  # 4 prompts and ""
+    # fewer rows can only free directions, copies only take them away (the cutoff is set by all preserve rows)
+    assert directions(filtered) >= directions(plain) > directions(augmented)
+    assert "from 5 of 5 preserve prompts" in augmented
+    assert record.description["uce.preservation"] == "null_space (threshold 0.01, prior filtering)"
+
+
 def test_hardening_raises_the_attack_residual_round_by_round(pack, sd15):
     model, clip, _ = sd15
     _, report = run_uce(pack, "UCEEraseConcepts", model, clip, harden_rounds=2, harden_lamb=1e-3, **ERASE)
@@ -74,9 +93,11 @@ def test_null_space_and_hardening_work_on_every_dit_family(pack, tiny_family, na
     built = tiny_family(name)
     _, report = run_uce(
         pack, "UCEEraseConcepts", built.model, built.clip, concepts="a red car", concept_type="custom", guide="a car",
-        preserve="a dog\na house", preservation="null_space", harden_rounds=1,
+        preserve="a dog\na house", preservation="null_space", harden_rounds=1, prior_filtering=True,
+        prior_augmentation=1,
     )
     assert "null space: the " in report
+    assert re.search(r"from \d of 3 preserve prompts .* and \d+ perturbed copies", report)
     values = residuals(report)
     assert len(values) == 2 and all(v >= 0 for v in values)
 
@@ -91,6 +112,9 @@ def test_null_space_and_hardening_work_on_every_dit_family(pack, tiny_family, na
         (dict(preserve_preset="everything"), "preserve_preset"),
         (dict(preservation="strict"), "preservation"),
         (dict(harden_rounds=1, harden_lamb=0.0), "harden_lamb"),
+        (dict(prior_filtering=True), "prior_filtering"),
+        (dict(preservation="null_space", prior_augmentation=17), "prior_augmentation"),
+        (dict(preservation="null_space", prior_augmentation=-1), "prior_augmentation"),
     ],
 )
 def test_bad_robust_settings_are_refused_naming_the_input(pack, sd15, values, named):
