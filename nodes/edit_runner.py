@@ -186,7 +186,8 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
     results = []
     done = checked + encode_steps
     def preserve_prompts():  # the preserve prompts again, one by one (from the text cache when they fit in it)
-        return text_rows.iter_encoded(clip, settings.preserve, family=family, pooled=needs_pooled)
+        again = progress.phase(None, "null space: reading the preserve prompts again")
+        return text_rows.iter_encoded(clip, settings.preserve, again, family=family, pooled=needs_pooled)
 
     for group, kept in zip(groups, preserved):
         group_deltas, result = _solve_group(

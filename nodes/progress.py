@@ -24,14 +24,16 @@ class EditProgress:
         self.node_id = _executing_node()
         self._last_text = 0.0
 
-    def phase(self, offset: int, what: Optional[str] = None) -> Callable[[int, int], None]:
-        """``callback(done, total)`` for a phase that starts at step ``offset``; it raises if the user
-        interrupted. With ``what`` (e.g. "encoding preserve prompts") it also shows the count and time left."""
+    def phase(self, offset: Optional[int], what: Optional[str] = None) -> Callable[[int, int], None]:
+        """``callback(done, total)`` for a phase that starts at step ``offset`` (None: a phase outside the
+        bar's steps, which leaves the bar where it is); it raises if the user interrupted. With ``what``
+        (e.g. "encoding preserve prompts") it also shows the count and time left."""
         started = time.perf_counter()
 
         def report(done: int, total: int) -> None:
             comfy.model_management.throw_exception_if_processing_interrupted()
-            self.bar.update_absolute(offset + done)
+            if offset is not None:
+                self.bar.update_absolute(offset + done)
             if what is None or done == 0:
                 return
             now = time.perf_counter()
