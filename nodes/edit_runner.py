@@ -319,9 +319,12 @@ def _solve_group(model, group, plan: Plan, encoded, kept, settings: EditSettings
         )
     solved_at = time.perf_counter()
     # Measured on the patches as stored, so the report describes what sampling will use.
-    effect = uce_solver.measure_effect(
-        weights, solution.deltas, edit.sample_blocks(EFFECT_SAMPLE_ROWS), kept.sample, settings.strength
-    )
+    measured_rows = edit.sample_blocks(EFFECT_SAMPLE_ROWS)
+    effect = uce_solver.measure_effect(weights, solution.deltas, measured_rows, kept.sample, settings.strength)
+    paper_effect = None
+    if space is not None:  # side by side in the report: the same edit with UCE's preserve term alone
+        paper = uce_solver.solve(weights, edit, kept.gram, settings.scales)
+        paper_effect = uce_solver.measure_effect(weights, paper.deltas, measured_rows, kept.sample, settings.strength)
     result = GroupResult(
         label=group.label,
         weights=len(group.keys),
@@ -336,6 +339,7 @@ def _solve_group(model, group, plan: Plan, encoded, kept, settings: EditSettings
         attack_residuals=() if hardened is None else hardened.residuals,
         null_space=None if space is None else (space.directions, edit.width, space.energy),
         prior=None if prior is None else (prior.prompts, prior.kept, prior.augmented_rows),
+        paper_effect=paper_effect,
     )
     return group.full_size(solution.deltas), result
 

@@ -27,6 +27,7 @@ class GroupResult:
     attack_residuals: tuple[float, ...] = ()  # hardening: before the first round, then after each round
     null_space: Optional[tuple[int, int, float]] = None  # null-space mode: (directions, width, preserve energy in them)
     prior: Optional[tuple[int, int, int]] = None  # prior filtering/augmentation: (prompts, kept, rows added)
+    paper_effect: Optional[EditEffect] = None  # null-space mode: the same edit's effect with UCE's preserve term alone
 
 
 def by_map(groups) -> list[GroupResult]:
@@ -114,6 +115,13 @@ class EditReport:
                 lines.append(
                     f"null space: the {group.label} update uses {directions} of {width} input directions, which hold "
                     f"{100 * energy:.3g}% of the preserve rows' energy (the unconditional prompt's rows kept exactly)"
+                )
+            if group.paper_effect is not None:
+                paper = group.paper_effect
+                moved = "" if paper.preserve_shift is None else f", preserved rows moved by {100 * paper.preserve_shift:.2f}%"
+                lines.append(
+                    f"without the null space (UCE's preserve term alone, no hardening) the {group.label} edit would "
+                    f"leave {100 * paper.target_gap_remaining:.1f}% of the distance to the targets{moved}"
                 )
             if group.prior is not None:
                 prompts, kept, added = group.prior

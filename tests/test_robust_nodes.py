@@ -19,9 +19,13 @@ def residuals(report: str) -> list[float]:
 
 def test_null_space_keeps_the_unconditional_outputs_exactly_and_moves_preserved_prompts_less(pack, sd15):
     model, clip, _ = sd15
-    _, _, plain = run_uce_outputs(pack, "UCEEraseConcepts", model, clip, **ERASE)
+    _, plain_report, plain = run_uce_outputs(pack, "UCEEraseConcepts", model, clip, **ERASE)
     _, report, record = run_uce_outputs(pack, "UCEEraseConcepts", model, clip, preservation="null_space", **ERASE)
     assert "null space: the cross-attention update uses" in report
+    # the report sets it beside the plain edit, whose own report gives the same figures
+    remains = re.search(r"([\d.]+)% of the distance to the targets remains", plain_report).group(1)
+    moved = re.search(r"preserved rows moved by ([\d.]+)%", plain_report).group(1)
+    assert f"would leave {remains}% of the distance to the targets, preserved rows moved by {moved}%" in report
     unconditional = encode_one(clip, "")[0].double()
     kept = torch.cat([encode_one(clip, t)[0] for t in ("a dog", "Monet")]).double()
     for key, delta in record.deltas.items():
