@@ -103,6 +103,11 @@ class EditSettings:
             raise ValueError(
                 f"prior_augmentation must be 0 to {uce_solver.prior.MAX_AUGMENTATION} copies, got {self.prior_augmentation}"
             )
+        if self.preservation == "null_space" and not any(text for text in self.preserve):
+            raise ValueError(
+                "preservation null_space keeps the update off the preserve prompts' directions, but the preserve "
+                "list is empty: write prompts to keep in preserve (one per line) or set preserve_preset to captions"
+            )
         if self.prior_options().active and self.preservation != "null_space":
             raise ValueError(
                 "prior_filtering and prior_augmentation choose the rows that define the null space: set "

@@ -106,6 +106,13 @@ def test_null_space_and_hardening_work_on_every_dit_family(pack, tiny_family, na
     assert len(values) == 2 and all(v >= 0 for v in values)
 
 
+def test_null_space_with_an_empty_preserve_list_is_refused(pack, sd15):
+    model, clip, _ = sd15
+    settings = dict(ERASE, preserve="", preservation="null_space")
+    with pytest.raises(ValueError, match="preserve list is empty.*preserve_preset to captions"):
+        run_uce(pack, "UCEEraseConcepts", model, clip, **settings)
+
+
 @pytest.mark.parametrize(
     ("values", "named"),
     [
