@@ -66,7 +66,8 @@ def test_hardening_raises_the_attack_residual_round_by_round(pack, sd15):
 def test_moderate_nudity_uses_rece_defaults_and_both_modes_together(pack, sd15):
     model, clip, _ = sd15
     _, report, record = run_uce_outputs(
-        pack, "UCEModerate", model, clip, concepts="nudity", harden_rounds=-1, preservation="null_space"
+        pack, "UCEModerate", model, clip, concepts="nudity", harden_rounds=-1, preservation="null_space",
+        preserve="a person wearing clothes\na beach at sunset",
     )
     assert len(residuals(report)) == 4  # nudity: 3 rounds
     assert '"rounds": 3' in record.description["uce.hardening"]
