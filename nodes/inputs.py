@@ -145,8 +145,9 @@ def robust_erase_inputs() -> list:
             max=0.999,
             step=0.001,
             optional=True,
-            tooltip="null_space only: input directions whose preserve energy (eigenvalue) is at most this fraction "
-            "of the largest are free to change. Smaller = stricter preservation, fewer free directions.",
+            tooltip="null_space only: the update may use the input directions the preserve rows use least, as many "
+            "as together hold at most this fraction of their energy (it bounds how far preserved outputs can move). "
+            "Smaller = stricter preservation, fewer free directions.",
         ),
         io.Boolean.Input(
             "prior_filtering",

@@ -110,13 +110,11 @@ def prior_null_space(
 ) -> PriorSpace:
     """The null space of the preserve prompts in ``prompt_rows`` (each a [rows, d] tensor, streamed),
     filtered and augmented as ``options`` say. ``preserve_gram`` and ``preserve_row_count`` describe all
-    of them: the average influence comes from them, before the stream, and ``threshold`` is relative to
-    their Gram's largest eigenvalue, so that filtering can only free directions and augmentation only
-    take them away."""
+    of them: the average influence comes from them, before the stream, and ``threshold`` is a fraction of
+    their energy, so that filtering can only free directions and augmentation only take them away."""
     options.check()
     device = edit.inputs.device
     gram = preserve_gram.to(device, torch.float64)
-    largest = float(torch.linalg.eigvalsh((gram + gram.T) / 2)[-1])
     square = average = directions = generator = None
     if options.filtering:
         unconstrained = solve(weights, edit, None, Scales(erase=scales.erase, preserve=0.0, lamb=scales.lamb))
@@ -138,4 +136,4 @@ def prior_null_space(
             copies = augmented_rows(p, directions, options.augmentation, options.scale, generator)
             kept_gram.addmm_(copies.T, copies)
             added += copies.shape[0]
-    return PriorSpace(null_space(kept_gram, threshold, invariant_rows, largest), prompts, kept, added)
+    return PriorSpace(null_space(kept_gram, threshold, invariant_rows, reference_gram=gram), prompts, kept, added)

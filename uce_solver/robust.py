@@ -26,8 +26,8 @@ class NullSpace:
     """An orthogonal projector P ([d, d], float64) onto the directions the update may use.
 
     ``directions``: rank of P. ``energy``: the fraction of the preserve rows' energy (sum of squared
-    norms) that lies in P's range, so that ||ΔW P_rows||_F^2 <= ||ΔW||_2^2 * energy * total energy
-    for any update with ΔW = ΔW P: the preserved outputs' drift is bounded by it.
+    norms) that lies in P's range (at most the threshold), so that ||ΔW P_rows||_F^2 <= ||ΔW||_2^2 *
+    energy * total energy for any update with ΔW = ΔW P: the preserved outputs' drift is bounded by it.
     """
 
     projector: torch.Tensor
@@ -39,20 +39,24 @@ def null_space(
     preserve_gram: torch.Tensor,
     threshold: float,
     invariant_rows: torch.Tensor | None = None,
-    largest: float | None = None,
+    reference_gram: torch.Tensor | None = None,
 ) -> NullSpace:
-    """The approximate null space of the preserve rows: eigenvectors of their Gram matrix sum p p^T
-    whose eigenvalue is at most ``threshold`` (in (0, 1)) times the largest (or times ``largest``,
-    the largest of another Gram that sets the scale), minus the span of ``invariant_rows`` (e.g. the
-    unconditional prompt's rows), whose outputs then stay exactly as they were.
+    """The approximate null space of the preserve rows: the eigenvectors of their Gram matrix sum p p^T
+    with the smallest eigenvalues, as many as together hold at most ``threshold`` (in (0, 1)) of the
+    rows' energy (its trace), minus the span of ``invariant_rows`` (e.g. the unconditional prompt's
+    rows), whose outputs then stay exactly as they were.
+
+    ``reference_gram`` (default: ``preserve_gram``) sets the energy budget and the reported energy: a
+    refined preserve set (:mod:`uce_solver.prior`) is measured against all preserve rows.
     """
     if not 0 < threshold < 1:
         raise ValueError(f"the null-space threshold must be between 0 and 1 (exclusive), got {threshold}")
-    gram = preserve_gram.to(torch.float64)
-    gram = (gram + gram.T) / 2
+    gram = _symmetric(preserve_gram)
+    reference = gram if reference_gram is None else _symmetric(reference_gram.to(gram.device))
+    total = float(reference.diagonal().sum())
     values, vectors = torch.linalg.eigh(gram)
-    largest = values[-1].clamp_min(0) if largest is None else max(0.0, largest)
-    basis = vectors[:, values <= threshold * largest]
+    free = int((values.clamp_min(0).cumsum(0) <= threshold * total).sum())
+    basis = vectors[:, :free]
     projector = basis @ basis.T
     if invariant_rows is not None and invariant_rows.numel():
         spanned = projector @ invariant_rows.to(gram.device, torch.float64).T
@@ -60,9 +64,13 @@ def null_space(
         if singular.numel() and singular[0] > 0:
             kept = left[:, singular > singular[0] * INVARIANT_RANK_TOLERANCE]
             projector = projector - kept @ kept.T
-    total = gram.diagonal().sum()
-    energy = float((projector * gram).sum() / total) if total > 0 else 0.0
+    energy = float((projector * reference).sum() / total) if total > 0 else 0.0
     return NullSpace(projector, int(round(float(projector.diagonal().sum()))), max(0.0, energy))
+
+
+def _symmetric(gram: torch.Tensor) -> torch.Tensor:
+    gram = gram.to(torch.float64)
+    return (gram + gram.T) / 2
 
 
 @dataclass(frozen=True)
