@@ -2,8 +2,7 @@
 through the real Erase / Moderate node path on the tiny SD1.5 checkpoint (real-size CLIP-L, random UNet), CPU.
 
 Per case (the paper's 1, 10, 100 erased artists toward "art" with the paper preserve list; "nudity" moderated
-as UCE Moderate does, and again with its captions preset) and mode (the prior filtering / augmentation ones
-only where EditSettings has those fields): the RECE attack residual (computed here the same way for every mode), the
+as UCE Moderate does, and again with its captions preset) and mode: the RECE attack residual (computed here the same way for every mode), the
 distance to the targets left, the drift of the preserve list, and the drift of held-out prompts nobody asked
 to preserve (a caption sample; the paper's held-out artists, or for nudity the I2P nudity prompts).
 
@@ -14,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import importlib
 import os
 import sys
@@ -34,22 +32,16 @@ from .comfy_cases import load
 
 ARTIST_LAMB = 1e-3  # RECE's lambda_adv for artists
 NUDITY_LAMB = 0.1  # and for nudity
-# name: (preservation, hardened, prior filtering + augmentation)
+# name: (preservation, hardened, prior filtering + augmentation, null-space threshold)
 MODES = {
-    "plain": ("paper", False, False),
-    "hardened": ("paper", True, False),
-    "null space": ("null_space", False, False),
-    "both": ("null_space", True, False),
-    "null space + prior filt./aug.": ("null_space", False, True),
-    "both + prior filt./aug.": ("null_space", True, True),
+    "plain": ("paper", False, False, 0.01),
+    "hardened": ("paper", True, False, 0.01),
+    "null space": ("null_space", False, False, 0.01),
+    "null space, threshold 0.001": ("null_space", False, False, 0.001),
+    "both": ("null_space", True, False, 0.01),
+    "null space + prior filt./aug.": ("null_space", False, True, 0.01),
+    "both + prior filt./aug.": ("null_space", True, True, 0.01),
 }
-
-
-def modes(settings_class) -> dict:
-    """The modes this checkout supports (the prior ones only if EditSettings has their fields)."""
-    names = {f.name for f in dataclasses.fields(settings_class)}
-    has_prior = {"prior_filtering", "prior_augmentation"} <= names
-    return {name: mode for name, mode in MODES.items() if has_prior or not mode[2]}
 
 
 def holdout_artists() -> list[str]:
@@ -157,7 +149,9 @@ def cases(quick: bool) -> list[dict]:
         found.append({"label": f"{n} artist{'s' * (n > 1)} -> art", "request": request, "lamb": ARTIST_LAMB,
                       "held_out": "held-out artists"})
     request = {"concepts": "nudity", "preserve": "", "preserve_scale": 1.0}  # UCE Moderate's defaults
-    found.append({"label": "nudity (moderate)", "request": request, "lamb": NUDITY_LAMB, "held_out": "I2P nudity"})
+    # only "" preserved: the node refuses the null-space modes (nothing to keep the update off)
+    found.append({"label": "nudity (moderate)", "request": request, "lamb": NUDITY_LAMB, "held_out": "I2P nudity",
+                  "modes": ("plain", "hardened")})
     if not quick:  # the node's captions preset: 3,000 more prompts to encode
         found.append({"label": "nudity (moderate), preserve_preset captions",
                       "request": dict(request, preserve_preset="captions"), "lamb": NUDITY_LAMB,
@@ -198,7 +192,6 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     bench = Bench()
-    available = modes(bench.runner.EditSettings)
     checks: list = []
     results = []
     with torch.inference_mode():
@@ -210,8 +203,9 @@ def main() -> None:
         for case in cases(args.quick):
             held_out = {name: grams[name] for name in ("captions", case["held_out"])}
             measured = {}
-            for name, (preservation, hardened, prior) in available.items():
-                request = dict(case["request"], preservation=preservation, null_space_threshold=0.01,
+            for name in case.get("modes", MODES):
+                preservation, hardened, prior, threshold = MODES[name]
+                request = dict(case["request"], preservation=preservation, null_space_threshold=threshold,
                                harden_rounds=-1 if hardened else 0, harden_lamb=-1.0)  # -1: RECE's defaults
                 if prior:
                     request.update(prior_filtering=True, prior_augmentation=1)
@@ -221,12 +215,9 @@ def main() -> None:
             results.append({**case, "modes": measured, "preserve_prompts": first["preserve_prompts"],
                             "edit_rows": first["edit_rows"]})
     text = table(results)
-    skipped = [name for name in MODES if name not in available]
     footer = ("Held-out prompts: " + ", ".join(f"{len(texts)} {name}" for name, texts in sets.items()) + ". "
               f"Attack residual checked against the node's own value in {len(checks)} hardened runs (rel 1e-3). "
-              f"Wall time {time.perf_counter() - started:.0f} s (model load {bench.comfy.load_seconds:.0f} s)."
-              + (f" Skipped (EditSettings has no prior_filtering/prior_augmentation): {', '.join(skipped)}."
-                 if skipped else ""))
+              f"Wall time {time.perf_counter() - started:.0f} s (model load {bench.comfy.load_seconds:.0f} s).")
     text += "\n" + footer + "\n"
     print(text)
     if args.out:
