@@ -190,6 +190,7 @@ def run_edit(model, clip, plan: Plan, settings: EditSettings) -> tuple[object, E
     deltas: dict = {}
     results = []
     done = checked + encode_steps
+
     def preserve_prompts():  # the preserve prompts again, one by one (from the text cache when they fit in it)
         again = progress.phase(None, "null space: reading the preserve prompts again")
         return text_rows.iter_encoded(clip, settings.preserve, again, family=family, pooled=needs_pooled)

@@ -65,7 +65,7 @@ def null_space(
             kept = left[:, singular > singular[0] * INVARIANT_RANK_TOLERANCE]
             projector = projector - kept @ kept.T
     energy = float((projector * reference).sum() / total) if total > 0 else 0.0
-    return NullSpace(projector, int(round(float(projector.diagonal().sum()))), max(0.0, energy))
+    return NullSpace(projector, round(float(projector.diagonal().sum())), max(0.0, energy))
 
 
 def _symmetric(gram: torch.Tensor) -> torch.Tensor:
@@ -107,7 +107,7 @@ class WeightSums:
             w = weights[key].to(device, torch.float64)
             self.base.addmm_(w.T, w)
 
-    def edited(self, deltas: Mapping[str, Delta]) -> "EditedSums":
+    def edited(self, deltas: Mapping[str, Delta]) -> EditedSums:
         """Sums of W'^T W0 and W'^T W' for ``deltas``."""
         mixed = torch.zeros_like(self.base)  # sum ΔW^T W0
         square = torch.zeros_like(self.base)  # sum ΔW^T ΔW
