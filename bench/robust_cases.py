@@ -112,7 +112,8 @@ class Bench:
             return {"refused": str(error)}
         _, report, record = self.runner.run_edit(self.comfy.model, self.comfy.clip, plan, settings)
         group = report.groups[0]
-        edited = self.sums.edited({k: record.deltas[k] for k in self.group.keys})
+        deltas = {k: record.deltas[k] for k in self.group.keys}
+        edited = self.sums.edited(deltas)
         rows = self.rows(plan.texts())
         concept = plan.build(rows, "paper").inputs
         adversarial = self.solver.adversarial_rows(edited, concept, lamb)
@@ -121,7 +122,7 @@ class Bench:
             reported = group.attack_residuals[-1]
             assert abs(residual - reported) <= 1e-3 * abs(reported), (residual, reported)
             checks.append((residual, reported))
-        change = edited.square - edited.cross - edited.cross.T + edited.base  # sum dW^T dW
+        change = self.solver.robust.update_gram(deltas, self.group.width, "cpu")
         moved = {
             name: float(((change * gram).sum() / (edited.base * gram).sum()).sqrt()) for name, gram in held_out.items()
         }

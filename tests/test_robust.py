@@ -187,7 +187,7 @@ def test_prior_filtering_keeps_the_prompts_the_unconstrained_update_moves_more_t
     assert torch.allclose(got.space.projector, expected, atol=1e-9)
     # fewer prompts define it: the update may use at least as many directions as with all of them
     assert got.space.directions >= solver.null_space(kept.T @ kept, 0.05, invariant).directions
-    square = solver.prior.update_gram(solver.solve(weights, edit_rows(solver, concept, guide), None, solver.Scales(
+    square = solver.robust.update_gram(solver.solve(weights, edit_rows(solver, concept, guide), None, solver.Scales(
         erase=1.0, preserve=0.0, lamb=0.5)).deltas, WIDTH, kept.device)
     for p in prompts[:5]:
         assert solver.prior.influence(square, p) == pytest.approx(moved(p), rel=1e-9)

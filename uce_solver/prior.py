@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .deltas import Delta, LowRankDelta
 from .edits import EditRows
-from .robust import NullSpace, WeightSums, null_space
+from .robust import NullSpace, WeightSums, null_space, update_gram
 from .solver import Scales, solve
 
 MAX_AUGMENTATION = 16
@@ -57,21 +56,8 @@ class PriorSpace:
     augmented_rows: int  # perturbed copies added
 
 
-def update_gram(deltas: Mapping[str, Delta], width: int, device) -> torch.Tensor:
-    """sum_l ΔW_l^T ΔW_l (float64), so that sum_l ||ΔW_l p||^2 = p^T (this) p."""
-    total = torch.zeros(width, width, dtype=torch.float64, device=device)
-    for delta in deltas.values():
-        if isinstance(delta, LowRankDelta):
-            up, down = delta.up.to(device, torch.float64), delta.down.to(device, torch.float64)
-            total.addmm_(down.T, (up.T @ up) @ down)
-        else:
-            d = delta.dense().to(device, torch.float64)
-            total.addmm_(d.T, d)
-    return total
-
-
 def influence(square: torch.Tensor, rows: torch.Tensor) -> float:
-    """Mean over ``rows`` of sum_l ||ΔW_l p||^2, with ``square`` = :func:`update_gram`."""
+    """Mean over ``rows`` of sum_l ||ΔW_l p||^2, with ``square`` = :func:`uce_solver.robust.update_gram`."""
     p = rows.to(square.device, torch.float64)
     return float(((p @ square) * p).sum() / max(1, p.shape[0]))
 

@@ -110,18 +110,28 @@ class WeightSums:
     def edited(self, deltas: Mapping[str, Delta]) -> EditedSums:
         """Sums of W'^T W0 and W'^T W' for ``deltas``."""
         mixed = torch.zeros_like(self.base)  # sum ΔW^T W0
-        square = torch.zeros_like(self.base)  # sum ΔW^T ΔW
         for key, delta in deltas.items():
             w = self.weights[key].to(self.device, torch.float64)
             if isinstance(delta, LowRankDelta):
                 up, down = delta.up.to(self.device, torch.float64), delta.down.to(self.device, torch.float64)
                 mixed.addmm_(down.T, up.T @ w)
-                square.addmm_(down.T, (up.T @ up) @ down)
             else:
-                d = delta.dense().to(self.device, torch.float64)
-                mixed.addmm_(d.T, w)
-                square.addmm_(d.T, d)
+                mixed.addmm_(delta.dense().to(self.device, torch.float64).T, w)
+        square = update_gram(deltas, len(self.base), self.device)
         return EditedSums(self.base, self.base + mixed, self.base + mixed + mixed.T + square)
+
+
+def update_gram(deltas: Mapping[str, Delta], width: int, device) -> torch.Tensor:
+    """sum_l ΔW_l^T ΔW_l (float64), so that sum_l ||ΔW_l p||^2 = p^T (this) p."""
+    total = torch.zeros(width, width, dtype=torch.float64, device=device)
+    for delta in deltas.values():
+        if isinstance(delta, LowRankDelta):
+            up, down = delta.up.to(device, torch.float64), delta.down.to(device, torch.float64)
+            total.addmm_(down.T, (up.T @ up) @ down)
+        else:
+            d = delta.dense().to(device, torch.float64)
+            total.addmm_(d.T, d)
+    return total
 
 
 @dataclass(frozen=True)
