@@ -297,8 +297,11 @@ def _solve_group(model, group, plan: Plan, encoded, kept, settings: EditSettings
     edit = plan.build(rows, settings.token_mode).to(device)
     weights = group.weights(model, device)
     space = prior = None
+    augmented = settings.preservation == "null_space" and settings.prior_augmentation > 0
+    # sum W0^T W0 over the weights, read by hardening and by prior augmentation: computed once for both
+    sums = uce_solver.robust.WeightSums(weights, device) if settings.hardening.rounds or augmented else None
     if settings.preservation == "null_space":
-        space, prior = _null_space(group, weights, edit, rows[""], kept, settings, preserve_prompts)
+        space, prior = _null_space(group, weights, edit, rows[""], kept, settings, preserve_prompts, sums)
     hardened = uce_solver.harden(
         weights,
         edit,
@@ -309,6 +312,7 @@ def _solve_group(model, group, plan: Plan, encoded, kept, settings: EditSettings
         out_device=model.offload_device,
         out_dtype=model_weights.patch_dtype(model, group.keys),
         progress=progress,
+        sums=sums,
     ) if settings.hardening.rounds else None
     if hardened is not None:
         solution = hardened.solution
@@ -350,7 +354,7 @@ def _solve_group(model, group, plan: Plan, encoded, kept, settings: EditSettings
     return group.full_size(solution.deltas), result
 
 
-def _null_space(group, weights, edit, unconditional, kept, settings: EditSettings, preserve_prompts):
+def _null_space(group, weights, edit, unconditional, kept, settings: EditSettings, preserve_prompts, sums):
     """The null space of the preserve rows, minus the unconditional prompt's rows: (NullSpace, PriorSpace or None)."""
     invariant = uce_solver.preserve_rows(unconditional, settings.token_mode).to(edit.inputs.device)
     options = settings.prior_options()
@@ -359,7 +363,7 @@ def _null_space(group, weights, edit, unconditional, kept, settings: EditSetting
     prompt_rows = (uce_solver.preserve_rows(group.rows_of(e), settings.token_mode) for e in preserve_prompts())
     prior = uce_solver.prior_null_space(
         weights, edit, kept.gram.gram, kept.gram.rows, prompt_rows, options, settings.null_space_threshold,
-        settings.scales, invariant,
+        settings.scales, invariant, sums,
     )
     return prior.space, prior
 

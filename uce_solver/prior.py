@@ -93,11 +93,13 @@ def prior_null_space(
     threshold: float,
     scales: Scales,
     invariant_rows: torch.Tensor | None = None,
+    sums: WeightSums | None = None,
 ) -> PriorSpace:
     """The null space of the preserve prompts in ``prompt_rows`` (each a [rows, d] tensor, streamed),
     filtered and augmented as ``options`` say. ``preserve_gram`` and ``preserve_row_count`` describe all
     of them: the average influence comes from them, before the stream, and ``threshold`` is a fraction of
-    their energy, so that filtering can only free directions and augmentation only take them away."""
+    their energy, so that filtering can only free directions and augmentation only take them away.
+    ``sums``: the weights' :class:`uce_solver.robust.WeightSums` if already computed."""
     options.check()
     device = edit.inputs.device
     gram = preserve_gram.to(device, torch.float64)
@@ -107,7 +109,7 @@ def prior_null_space(
         square = update_gram(unconstrained.deltas, edit.width, device)
         average = float((square * gram).sum()) / max(1, preserve_row_count)  # trace(S G) / rows
     if options.augmentation:
-        directions = weak_directions(WeightSums(weights, device).base, threshold)
+        directions = weak_directions((sums or WeightSums(weights, device)).base, threshold)
         generator = torch.Generator().manual_seed(options.seed)
     kept_gram = torch.zeros(edit.width, edit.width, dtype=torch.float64, device=device)
     prompts = kept = added = 0

@@ -171,17 +171,19 @@ def harden(
     out_device=None,
     out_dtype: torch.dtype | None = None,
     progress=None,
+    sums: WeightSums | None = None,
 ) -> HardenedSolution:
     """Solve ``edit``, then ``hardening.rounds`` times: find each concept row's adversarial embedding
     for the current update, send it to the same guide target, and solve again from the original
-    weights with every row so far (and the same preserve rows). Erase edits only.
+    weights with every row so far (and the same preserve rows). Erase edits only. ``sums``: the
+    weights' :class:`WeightSums` if already computed.
     """
     hardening.check()
     if not isinstance(edit.targets, GuideTargets):
         raise ValueError("hardening applies to erase and moderate edits (targets given by a guide), not to debias")
     device = edit.inputs.device
     preserved = _preserve_gram(preserve, edit.width, device)
-    sums = WeightSums(weights, device)
+    sums = sums or WeightSums(weights, device)
     current = edit
     residuals = []
     for round_index in range(hardening.rounds + 1):
